@@ -31,6 +31,7 @@ TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 _COLUMNS = (
     "sqrt_alpha_prod",  # sqrt(alpha_bar_t)
     "sqrt_one_minus_alpha_prod",  # sqrt(1 - alpha_bar_t)
+    "sqrt_recip_alpha_prod",  # 1 / sqrt(alpha_bar_t)
     "pred_original_sample_coeff",  # coefficient of x_0 in mu_tilde, Ho (7)
     "current_sample_coeff",  # coefficient of x_t in mu_tilde, Ho (7)
     "posterior_variance",  # beta_tilde_t, Ho (7) (0 at the decoder step)
@@ -255,6 +256,7 @@ class GaussianDDPMScheduler(SchedulerMixin, ConfigMixin):
         columns = {
             "sqrt_alpha_prod": np.sqrt(alpha_prod_t),
             "sqrt_one_minus_alpha_prod": np.sqrt(beta_prod_t),
+            "sqrt_recip_alpha_prod": 1.0 / np.sqrt(alpha_prod_t),
             "pred_original_sample_coeff": coef_x0,
             "current_sample_coeff": coef_xt,
             "posterior_variance": posterior_variance,
@@ -439,21 +441,33 @@ class GaussianDDPMScheduler(SchedulerMixin, ConfigMixin):
         model_output, predicted_variance = self._split_model_output(model_output, sample)
         row = self._scalar_rows[t]
 
-        # 1. x0_hat from the model output, Ho (15), clipped or thresholded
-        pred_original_sample = self._pred_original_sample(
-            model_output, sample, row[_COL["sqrt_alpha_prod"]], row[_COL["sqrt_one_minus_alpha_prod"]]
-        )
+        # 1. x0_hat from the model output, Ho (15), clipped or thresholded (fused, in place on fresh tensors)
+        pred_type = self.config.prediction_type
+        if pred_type == "epsilon":  # x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar); subtract first, fewer roundings
+            pred_original_sample = torch.sub(sample, model_output, alpha=row[_COL["sqrt_one_minus_alpha_prod"]])
+            pred_original_sample.mul_(row[_COL["sqrt_recip_alpha_prod"]])
+        elif pred_type == "sample":
+            pred_original_sample = model_output.clone()
+        else:  # x0 = sqrt(abar) x_t - sqrt(1 - abar) v
+            pred_original_sample = torch.mul(sample, row[_COL["sqrt_alpha_prod"]])
+            pred_original_sample.add_(model_output, alpha=-row[_COL["sqrt_one_minus_alpha_prod"]])
+        if self.config.thresholding:
+            pred_original_sample = self._threshold_sample(pred_original_sample)
+        elif self.config.clip_sample:
+            pred_original_sample.clamp_(-self.config.clip_sample_range, self.config.clip_sample_range)
         # 2. mean of q(x_{t-1} | x_t, x0_hat), Ho (7); equals mu_theta of Ho (11) for epsilon prediction
-        pred_prev_sample = (
-            row[_COL["pred_original_sample_coeff"]] * pred_original_sample + row[_COL["current_sample_coeff"]] * sample
-        )
+        pred_prev_sample = torch.mul(sample, row[_COL["current_sample_coeff"]])
+        pred_prev_sample.add_(pred_original_sample, alpha=row[_COL["pred_original_sample_coeff"]])
         # 3. add sigma_t z, z ~ N(0, I), for t > 0 (Algorithm 2, line 3); z = 0 at the decoder step
         if t > 0:
             variance_noise = randn_tensor(
                 model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
             )
             std = self._reverse_std(t, row, predicted_variance)
-            pred_prev_sample = pred_prev_sample + std * variance_noise
+            if isinstance(std, float):
+                pred_prev_sample.add_(variance_noise, alpha=std)
+            else:
+                pred_prev_sample.addcmul_(std, variance_noise)
 
         if not return_dict:
             return (pred_prev_sample, pred_original_sample)
