@@ -1,4 +1,11 @@
-"""ddpm_plugin: the DDPM process of Ho et al. (2020) and its VAE latent variant, for Hugging Face diffusers."""
+"""ddpm_plugin: the DDPM process of Ho et al. (2020) and its VAE latent variant, for Hugging Face diffusers.
+
+Importing `ddpm_plugin` registers its pipelines with diffusers (`ddpm_plugin._registry`): it attaches
+`PixelDDPMPipeline` and `LatentDDPMPipeline` to the `diffusers` module namespace (only where those names are free),
+because diffusers resolves a saved pipeline's `_class_name` there. So, after `import ddpm_plugin`,
+`diffusers.DiffusionPipeline.from_pretrained(folder)` returns the right pipeline class for a folder written by
+`save_pretrained`. The other public names are imported on first use.
+"""
 
 from importlib import import_module
 from typing import TYPE_CHECKING
@@ -28,6 +35,11 @@ def __getattr__(name: str):
         return value
     raise AttributeError(f"module 'ddpm_plugin' has no attribute {name!r}")
 
+
+# registration with diffusers (imports the two pipeline modules, hence torch and diffusers)
+from ._registry import register_pipelines_with_diffusers  # noqa: E402
+
+register_pipelines_with_diffusers()
 
 if TYPE_CHECKING:  # pragma: no cover
     from .schedulers.scheduling_gaussian_ddpm import GaussianDDPMScheduler, GaussianDDPMSchedulerOutput  # noqa: F401
