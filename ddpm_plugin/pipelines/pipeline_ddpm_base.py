@@ -122,7 +122,9 @@ class DDPMBasePipeline(DiffusionPipeline):
 
     def _prepare_extra_step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict:
         """`generator` goes to `scheduler.step` only if its signature takes one (DDPM, DDIM and DPM-Solver do)."""
-        if "generator" in inspect.signature(self.scheduler.step).parameters:
+        parameters = inspect.signature(self.scheduler.step).parameters
+        takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        if "generator" in parameters or takes_kwargs:
             return {"generator": generator}
         return {}
 
