@@ -6,20 +6,36 @@ in its own namespace only. The least invasive hook is to attach our pipeline cla
 attributes when `ddpm_plugin` is imported, and only where that name is free: nothing of diffusers is patched or
 replaced, and a pipeline of the same name that diffusers might ship one day wins (with a warning).
 
-Components need no hook: `save_pretrained` records a component defined outside diffusers under its full module
-path (e.g. `["ddpm_plugin.schedulers.scheduling_gaussian_ddpm", "GaussianDDPMScheduler"]`), and diffusers' loader
-takes such a library from `sys.modules`, where importing `ddpm_plugin` has put it.
+Components need no attribute: `save_pretrained` records a component defined outside diffusers under its full
+module path (e.g. `["ddpm_plugin.schedulers.scheduling_gaussian_ddpm", "GaussianDDPMScheduler"]`), and diffusers'
+loader takes such a library from `sys.modules` only (it never imports a module a repository names). So registration
+also imports the modules of `COMPONENT_MODULES`; a new component class (a model or scheduler that can appear in a
+`model_index.json`) must be added there, and these module paths are part of the saved format: renaming one breaks
+folders saved before.
 """
 
 from __future__ import annotations
 
 import sys
 import warnings
+from importlib import import_module
+
+# modules whose classes `save_pretrained` records in model_index.json (they must be in sys.modules when loading)
+COMPONENT_MODULES = (
+    "ddpm_plugin.models.unet_ddpm_2d",
+    "ddpm_plugin.schedulers.scheduling_gaussian_ddpm",
+)
 
 
 def register_pipelines_with_diffusers() -> dict[str, type]:
-    """Attaches `PixelDDPMPipeline` and `LatentDDPMPipeline` to the `diffusers` namespace; returns what it attached."""
+    """
+    Attaches `PixelDDPMPipeline` and `LatentDDPMPipeline` to the `diffusers` namespace (where the names are free) and
+    imports the component modules of `COMPONENT_MODULES`; returns the classes it attached.
+    """
     import diffusers
+
+    for module in COMPONENT_MODULES:
+        import_module(module)
 
     from .pipelines.pipeline_latent_ddpm import LatentDDPMPipeline
     from .pipelines.pipeline_pixel_ddpm import PixelDDPMPipeline
