@@ -256,7 +256,9 @@ class GaussianDDPMScheduler(SchedulerMixin, ConfigMixin):
         columns = {
             "sqrt_alpha_prod": np.sqrt(alpha_prod_t),
             "sqrt_one_minus_alpha_prod": np.sqrt(beta_prod_t),
-            "sqrt_recip_alpha_prod": 1.0 / np.sqrt(alpha_prod_t),
+            "sqrt_recip_alpha_prod": np.divide(
+                1.0, np.sqrt(alpha_prod_t), out=np.full_like(alpha_prod_t, np.inf), where=alpha_prod_t > 0
+            ),
             "pred_original_sample_coeff": coef_x0,
             "current_sample_coeff": coef_xt,
             "posterior_variance": posterior_variance,
