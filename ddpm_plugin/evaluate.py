@@ -1,0 +1,653 @@
+# Copyright 2026 The ddpm_plugin authors. Apache-2.0.
+"""Sample quality and likelihood of an MNIST pipeline, measured with the digit judge (`ddpm_plugin.judge`).
+
+    python -m ddpm_plugin.evaluate --model latent|pixel|<folder> --num-samples 1000 --num-inference-steps 100 \\
+        --scheduler ddpm|ddim --seed 0 [--bpd] [--bpd-timesteps K] [--bpd-num-images 500] [--out results.json]
+    python -m ddpm_plugin.evaluate --tradeoff --model latent [--num-samples 500] [--tradeoff-steps 250,100,50,20]
+
+Metrics, on `--num-samples` generated digits (center-cropped to 28x28 when a model makes 32x32 images):
+
+- confident share: the share of samples the judge labels with probability >= 0.9, and the class histogram (share of
+  samples per judged digit, all samples counted);
+- Frechet distance between the judge's penultimate features of the samples and of the 500 held-out real digits,
+  `||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))` (the FID formula of Heusel et al. 2017 in the judge's
+  feature space), next to its reference value: the 500 held-out digits against the 4,500 training digits;
+- held-out bits/dim (`--bpd`): `ddpm_plugin.bits_per_dim` on the held-out digits, the full chain unless
+  `--bpd-timesteps K` asks for the (faster) K-step respaced estimate; for a latent pipeline the LSGM bound with its VAE;
+- pass/fail against the targets in `TARGETS`.
+
+The results go to a JSON file (`--out`) and a markdown section on stdout (`metrics_markdown`), which
+`write_metrics_to_card` can put into a pipeline folder's model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .judge import DigitJudge, judge_images, load_judge
+from .sample import SCHEDULERS, generators_for, load_pipeline, set_scheduler
+
+__all__ = [
+    "CONFIDENCE_THRESHOLD",
+    "TARGETS",
+    "check_targets",
+    "compute_reference",
+    "evaluate_pipeline",
+    "feature_statistics",
+    "frechet_distance",
+    "frechet_distance_from_features",
+    "judge_summary",
+    "metrics_markdown",
+    "reference_frechet_distance",
+    "tradeoff",
+    "tradeoff_markdown",
+    "write_metrics_to_card",
+    "write_reference",
+]
+
+CONFIDENCE_THRESHOLD = 0.9
+# the quality bar of the bundled MNIST models
+TARGETS = {
+    "confident_share_min": 0.90,  # share of samples judged with probability >= CONFIDENCE_THRESHOLD
+    "class_share_min": 0.05,  # every digit between 5% ...
+    "class_share_max": 0.15,  # ... and 15% of the samples
+    "frechet_ratio_max": 3.0,  # Frechet distance at most 3x the real-vs-real reference
+    "pixel_bpd_max": 2.0,  # held-out bits/dim of the pixel model
+}
+TRADEOFF_STEPS = (250, 100, 50, 20)
+CARD_BEGIN = "<!-- ddpm_plugin.evaluate: begin -->"
+CARD_END = "<!-- ddpm_plugin.evaluate: end -->"
+
+
+# ---------------------------------------------------------------------------------------------------- Frechet
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean `(dim,)` and unbiased covariance `(dim, dim)` of features `(num_samples, dim)`, in float64."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"need features of shape (num_samples >= 2, dim), got {features.shape}.")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def _sqrtm_psd(matrix: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric positive semi-definite matrix (eigenvalues clipped at 0 against round-off)."""
+    eigenvalues, eigenvectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """
+    The Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2):
+    `d^2 = ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))`.
+
+    `(sigma1 sigma2)^(1/2)` has the trace of `(sigma1^(1/2) sigma2 sigma1^(1/2))^(1/2)` (the two are similar), which is
+    symmetric positive semi-definite, so the trace comes from a symmetric eigendecomposition: real and stable also
+    for the singular covariances of few samples in many dimensions.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
+        raise ValueError(
+            f"mismatched shapes: mu1 {mu1.shape}, mu2 {mu2.shape}, sigma1 {sigma1.shape}, sigma2 {sigma2.shape}."
+        )
+    root1 = _sqrtm_psd(sigma1)
+    middle = root1 @ sigma2 @ root1
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+
+
+def frechet_distance_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
+    """`frechet_distance` between the Gaussians fitted to two feature sets `(n1, dim)` and `(n2, dim)`."""
+    return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
+
+
+# ---------------------------------------------------------------------------------------------------- judge outputs
+def judge_summary(probs: np.ndarray, threshold: float = CONFIDENCE_THRESHOLD) -> dict:
+    """
+    Confident share and class histogram of judge probabilities `(num_samples, num_classes)`.
+
+    Returns:
+        `{"confident_share", "class_shares" (list, share of samples per argmax class, summing to 1),
+        "confident_class_shares" (per class, among the confident samples only), "mean_confidence"}`. A sample with
+        non-finite probabilities (a broken model) counts as not confident and is in no class.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] == 0:
+        raise ValueError(f"need probabilities of shape (num_samples > 0, num_classes), got {probs.shape}.")
+    num_samples, num_classes = probs.shape
+    finite = np.isfinite(probs).all(axis=1)
+    confidence = np.where(finite, np.nan_to_num(probs).max(axis=1), 0.0)
+    labels = np.nan_to_num(probs).argmax(axis=1)
+    confident = finite & (confidence >= threshold)
+    class_counts = np.bincount(labels[finite], minlength=num_classes)
+    confident_counts = np.bincount(labels[confident], minlength=num_classes)
+    return {
+        "confident_share": float(confident.mean()),
+        "class_shares": (class_counts / num_samples).tolist(),
+        "confident_class_shares": (confident_counts / max(int(confident.sum()), 1)).tolist(),
+        "mean_confidence": float(confidence.mean()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- data
+_DATA_CACHE: dict = {}
+
+
+def _mnist_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`training.data.mnist_split(seed=0)`: the split the models and the judge were trained on (cached)."""
+    if "split" not in _DATA_CACHE:
+        try:
+            from training.data import mnist_split
+        except ImportError as error:
+            raise ImportError(
+                f"the evaluation needs the MNIST split of the training module ({error}); run from the repository with "
+                "the [train] extra installed: pip install -e '.[train]'."
+            ) from None
+        _DATA_CACHE["split"] = mnist_split(seed=0)
+    return _DATA_CACHE["split"]
+
+
+REFERENCE_STATS_NAME = "reference_stats.npz"
+
+
+def judge_fingerprint(judge: DigitJudge) -> str:
+    """SHA-256 of the judge's weights and buffers: which judge a stored reference belongs to."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(judge.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def compute_reference(judge: DigitJudge) -> dict:
+    """
+    The real-data side of the metrics, from `training.data.mnist_split(seed=0)`: the mean and covariance of the
+    judge's features of the 500 held-out digits (what generated samples are compared with), the real-vs-real
+    reference Frechet distance (held-out against the 4,500 training digits), and the judge's held-out accuracy and
+    confident share.
+    """
+    train_x, _, heldout_x, heldout_y = _mnist_data()
+    heldout_probs, heldout_features = judge_images(judge, heldout_x)
+    _, train_features = judge_images(judge, train_x)
+    heldout_mu, heldout_sigma = feature_statistics(heldout_features)
+    return {
+        "heldout_mu": heldout_mu,
+        "heldout_sigma": heldout_sigma,
+        "frechet_reference": frechet_distance(heldout_mu, heldout_sigma, *feature_statistics(train_features)),
+        "judge_heldout_accuracy": float((heldout_probs.argmax(axis=1) == heldout_y).mean()),
+        "heldout_confident_share": judge_summary(heldout_probs)["confident_share"],
+    }
+
+
+def write_reference(judge: DigitJudge, folder: str | os.PathLike, reference: dict | None = None) -> Path:
+    """Stores `reference` (default: `compute_reference(judge)`) with the judge's fingerprint in
+    `folder/reference_stats.npz`."""
+    path = Path(folder) / REFERENCE_STATS_NAME
+    reference = compute_reference(judge) if reference is None else reference
+    np.savez(path, fingerprint=judge_fingerprint(judge), **reference)
+    return path
+
+
+def reference_frechet_distance(judge: DigitJudge) -> dict:
+    """
+    `compute_reference(judge)`, read from the `reference_stats.npz` next to the judge's weights when it was stored for
+    these very weights (the shipped judge has one: no pass over the 5,000 real digits), computed otherwise; cached.
+    """
+    fingerprint = judge_fingerprint(judge)
+    if fingerprint not in _DATA_CACHE:
+        path = Path(str(getattr(judge.config, "_name_or_path", ""))) / REFERENCE_STATS_NAME
+        reference = None
+        if path.is_file():
+            with np.load(path) as stored:
+                if str(stored["fingerprint"]) == fingerprint:
+                    reference = {k: (stored[k] if stored[k].ndim else stored[k].item()) for k in stored.files}
+                    del reference["fingerprint"]
+        _DATA_CACHE[fingerprint] = reference if reference is not None else compute_reference(judge)
+    return _DATA_CACHE[fingerprint]
+
+
+def _is_latent(pipe) -> bool:
+    return getattr(pipe, "vae", None) is not None
+
+
+def _image_resolution(pipe) -> int:
+    """Side of the images a pipeline makes (and its bits/dim is measured on): 28, or 32 for padded MNIST."""
+    size = pipe.unet.config.sample_size
+    size = size if isinstance(size, int) else size[0]
+    if _is_latent(pipe):
+        size *= 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    return int(size)
+
+
+def _heldout_for_bpd(pipe, num_images: int | None) -> torch.Tensor:
+    """Held-out digits as `(num_images, 1, resolution, resolution)` on the 256-level grid in [-1, 1] (k / 127.5 - 1),
+    padded with background to 32x32 for models of padded MNIST, as in training."""
+    _, _, heldout_x, _ = _mnist_data()
+    images = torch.from_numpy(heldout_x[:num_images]).double()[:, None] / 127.5 - 1.0  # (N, 1, 28, 28)
+    resolution = _image_resolution(pipe)
+    if resolution == 32:
+        images = torch.nn.functional.pad(images, (2, 2, 2, 2), value=-1.0)  # (N, 1, 32, 32)
+    elif resolution != 28:
+        raise ValueError(
+            f"held-out bits/dim needs a model of 28x28 or 32x32 MNIST images, not {resolution}x{resolution}."
+        )
+    return images.float()
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+def _generate(
+    pipe, num_samples: int, num_inference_steps: int | None, seed: int, batch_size: int, progress: bool = True
+) -> tuple[torch.Tensor, float]:
+    """`num_samples` images `(num_samples, num_channels, height, width)` in [0, 1] and the seconds it took; sample i
+    from `generators_for(seed, i, i + 1)`, as `python -m ddpm_plugin.sample` makes them."""
+    from tqdm.auto import tqdm
+
+    pipe.set_progress_bar_config(disable=True)
+    images = []
+    start = time.perf_counter()
+    with tqdm(total=num_samples, desc="generating", unit="img", disable=not progress) as bar:
+        for b0 in range(0, num_samples, batch_size):
+            b1 = min(b0 + batch_size, num_samples)
+            out = pipe(
+                batch_size=b1 - b0,
+                generator=generators_for(seed, b0, b1),
+                num_inference_steps=num_inference_steps,
+                output_type="np",
+            ).images  # (n, H, W, C) in [0, 1]
+            images.append(torch.from_numpy(np.asarray(out, dtype=np.float32)).permute(0, 3, 1, 2))
+            bar.update(b1 - b0)
+    return torch.cat(images), time.perf_counter() - start
+
+
+def _sample_metrics(judge: DigitJudge, images: torch.Tensor, reference: dict) -> dict:
+    probs, features = judge_images(judge, images)
+    summary = judge_summary(probs)
+    frechet = frechet_distance(*feature_statistics(features), reference["heldout_mu"], reference["heldout_sigma"])
+    return {
+        **summary,
+        "frechet_distance": frechet,
+        "frechet_reference": reference["frechet_reference"],
+        "frechet_ratio": frechet / reference["frechet_reference"],
+    }
+
+
+def evaluate_pipeline(
+    pipe,
+    *,
+    model_name: str = "",
+    num_samples: int = 1000,
+    num_inference_steps: int | None = None,
+    scheduler: str = "ddpm",
+    seed: int = 0,
+    batch_size: int = 250,
+    bpd: bool = False,
+    bpd_timesteps: int | None = None,
+    bpd_num_images: int | None = None,
+    bpd_batch_size: int = 50,
+    judge: DigitJudge | None = None,
+    progress: bool = True,
+) -> dict:
+    """
+    All metrics of one pipeline setting (see the module docstring); returns the results dict written as JSON.
+
+    `scheduler` swaps the sampler (`"ddpm"` the pipeline's own, respaced when `num_inference_steps` < T; `"ddim"`;
+    `"dpm"`); the bits/dim always uses the pipeline's own DDPM scheduler (a fresh copy of it).
+    """
+    if num_samples < 2:
+        raise ValueError(f"num_samples must be at least 2 (a covariance needs two samples), got {num_samples}.")
+    judge = judge if judge is not None else load_judge()
+    reference = reference_frechet_distance(judge)
+    ddpm_scheduler = pipe.scheduler
+    set_scheduler(pipe, scheduler, base=ddpm_scheduler)
+    try:
+        images, seconds = _generate(pipe, num_samples, num_inference_steps, seed, batch_size, progress)
+        steps = int(getattr(pipe, "num_timesteps", 0) or len(pipe.scheduler.timesteps))
+    finally:
+        pipe.scheduler = ddpm_scheduler
+    results = {
+        "model": model_name,
+        "pipeline_class": type(pipe).__name__,
+        "kind": "latent" if _is_latent(pipe) else "pixel",
+        "scheduler": scheduler,
+        "num_inference_steps": steps,
+        "num_samples": num_samples,
+        "seed": seed,
+        "batch_size": batch_size,
+        "device": str(pipe.device),
+        "image_size": list(images.shape[-2:]),
+        "generation_seconds": seconds,
+        "seconds_per_image": seconds / num_samples,
+        "confidence_threshold": CONFIDENCE_THRESHOLD,
+        **_sample_metrics(judge, images, reference),
+        "judge_heldout_accuracy": reference["judge_heldout_accuracy"],
+        "heldout_confident_share": reference["heldout_confident_share"],
+        "bpd": None,
+    }
+    if bpd:
+        results["bpd"] = _heldout_bpd(pipe, ddpm_scheduler, bpd_timesteps, bpd_num_images, bpd_batch_size, seed)
+    results["targets"] = check_targets(results)
+    results["passed"] = all(t["passed"] for t in results["targets"].values() if t["passed"] is not None)
+    return results
+
+
+def _heldout_bpd(pipe, scheduler, num_timesteps: int | None, num_images: int | None, batch_size: int, seed: int):
+    from .likelihood import bits_per_dim
+
+    images = _heldout_for_bpd(pipe, num_images)
+    fresh = type(scheduler).from_config(scheduler.config)
+    start = time.perf_counter()
+    out = bits_per_dim(
+        pipe.unet,
+        fresh,
+        images.to(pipe.device),
+        vae=pipe.vae if _is_latent(pipe) else None,
+        generator=torch.Generator().manual_seed(seed),  # CPU: the same noise on any device
+        batch_size=batch_size,
+        num_timesteps=num_timesteps,
+    )
+    values = out.bpd.double().cpu()
+    result = {
+        "bpd": float(values.mean()),
+        "bpd_std_error": float(values.std() / math.sqrt(len(values))) if len(values) > 1 else None,
+        "prior_bpd": float(out.prior_bpd.double().mean()),
+        "decoder_bpd": float(out.decoder_bpd.double().mean()),
+        "num_images": len(values),
+        "num_timesteps": len(out.timesteps) + 1,  # the KL terms and the decoder step
+        "strided": bool(out.strided),
+        "resolution": list(images.shape[-2:]),
+        "latent_bound": _is_latent(pipe),
+        "note": out.note,
+        "seconds": time.perf_counter() - start,
+    }
+    if _is_latent(pipe):
+        for name in ("reconstruction_bpd", "posterior_log_prob_bpd", "latent_prior_bpd", "log_scale_bpd"):
+            value = getattr(out, name, None)
+            result[name] = None if value is None else float(value.double().mean())
+        result["decoder_log_scale_fitted"] = out.decoder_log_scale_fitted
+    return result
+
+
+def check_targets(results: dict, targets: dict | None = None) -> dict:
+    """
+    Pass/fail of each target: `{"name": {"value", "target", "passed"}}`; `passed` is `None` where the metric was not
+    measured (bits/dim without `--bpd`) or does not apply (the pixel bits/dim target, for a latent model).
+    """
+    targets = TARGETS if targets is None else targets
+    shares = results["class_shares"]
+    low, high = targets["class_share_min"], targets["class_share_max"]
+    checks = {
+        "confident_share": {
+            "value": results["confident_share"],
+            "target": f">= {targets['confident_share_min']}",
+            "passed": results["confident_share"] >= targets["confident_share_min"],
+        },
+        "class_balance": {
+            "value": [min(shares), max(shares)],
+            "target": f"every digit in [{low}, {high}]",
+            "passed": all(low <= s <= high for s in shares),
+        },
+        "frechet_ratio": {
+            "value": results["frechet_ratio"],
+            "target": f"<= {targets['frechet_ratio_max']} x reference",
+            "passed": bool(results["frechet_ratio"] <= targets["frechet_ratio_max"]),  # False for NaN
+        },
+    }
+    bpd = results.get("bpd")
+    applies = results.get("kind") == "pixel"
+    checks["pixel_bpd"] = {
+        "value": bpd["bpd"] if bpd else None,
+        "target": f"< {targets['pixel_bpd_max']}" + ("" if applies else " (pixel model only)"),
+        "passed": bool(bpd["bpd"] < targets["pixel_bpd_max"]) if (bpd and applies) else None,
+    }
+    return checks
+
+
+# ---------------------------------------------------------------------------------------------------- reporting
+def _mark(passed: bool | None) -> str:
+    return "n/a" if passed is None else ("pass" if passed else "FAIL")
+
+
+def metrics_markdown(results: dict) -> str:
+    """A markdown section (summary table, class histogram, targets) of `evaluate_pipeline` results."""
+    bpd = results.get("bpd")
+    bpd_text = "not measured"
+    if bpd:
+        what = "LSGM bound" if bpd["latent_bound"] else "bound"
+        chain = f"{bpd['num_timesteps']}-step strided estimate" if bpd["strided"] else "full chain"
+        fitted = ", pixel decoder scale fitted on these digits" if bpd.get("decoder_log_scale_fitted") else ""
+        bpd_text = (
+            f"{bpd['bpd']:.3f} ± {bpd['bpd_std_error'] or 0:.3f} ({what}, {chain}, {bpd['num_images']} held-out "
+            f"digits at {bpd['resolution'][0]}x{bpd['resolution'][1]}{fitted})"
+        )
+    t = results["targets"]
+    name = results["model"] or results["pipeline_class"]
+    bpd_cell = f"{bpd['bpd']:.3f}" if bpd else "—"
+    lines = [
+        f"### Evaluation: {name}, {results['scheduler'].upper()} {results['num_inference_steps']} steps",
+        "",
+        "| model | sampler | steps | samples | confident (p >= 0.9) | Frechet distance (reference) | held-out bits/dim "
+        "| s / image | device |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {name} | {results['scheduler'].upper()} | {results['num_inference_steps']} | {results['num_samples']} "
+        f"| {results['confident_share']:.1%} | {results['frechet_distance']:.2f} ({results['frechet_reference']:.2f}) "
+        f"| {bpd_cell} | {results['seconds_per_image']:.4f} | {results['device']} |",
+    ]
+    lines += [
+        "",
+        "Share of samples per judged digit: "
+        + ", ".join(f"{d}: {s:.1%}" for d, s in enumerate(results["class_shares"]))
+        + ".",
+        "",
+        f"Held-out bits/dim: {bpd_text}.",
+        "",
+        "| target | value | required | result |",
+        "|---|---|---|---|",
+        f"| confidently judged | {t['confident_share']['value']:.1%} | >= {TARGETS['confident_share_min']:.0%} "
+        f"| {_mark(t['confident_share']['passed'])} |",
+        f"| class balance (min, max share) | {t['class_balance']['value'][0]:.1%}, {t['class_balance']['value'][1]:.1%} "
+        f"| each in [{TARGETS['class_share_min']:.0%}, {TARGETS['class_share_max']:.0%}] "
+        f"| {_mark(t['class_balance']['passed'])} |",
+        f"| Frechet distance / reference | {t['frechet_ratio']['value']:.2f} | <= {TARGETS['frechet_ratio_max']:g} "
+        f"| {_mark(t['frechet_ratio']['passed'])} |",
+        f"| held-out pixel bits/dim | {bpd_cell} | < {TARGETS['pixel_bpd_max']:g} "
+        f"| {_mark(t['pixel_bpd']['passed'])} |",
+        "",
+        f"Judge: a small CNN (`ddpm_plugin.judge`), {results['judge_heldout_accuracy']:.1%} accurate on the 500 "
+        f"held-out digits, {results['heldout_confident_share']:.1%} of which it judges with p >= 0.9; the Frechet "
+        "distance is computed in its penultimate features against the held-out digits, the reference is held-out "
+        "vs. training digits.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics_to_card(folder: str | os.PathLike, results: dict) -> Path:
+    """
+    Puts `metrics_markdown(results)` into the model card `README.md` of a pipeline folder, between
+    `<!-- ddpm_plugin.evaluate: begin -->` and `<!-- ddpm_plugin.evaluate: end -->` (replacing an earlier
+    evaluation there, appended otherwise; a card is created if the folder has none). Returns the card's path.
+    """
+    card = Path(folder) / "README.md"
+    text = card.read_text(encoding="utf-8") if card.is_file() else ""
+    section = f"{CARD_BEGIN}\n{metrics_markdown(results)}{CARD_END}\n"
+    if CARD_BEGIN in text and CARD_END in text:
+        before, rest = text.split(CARD_BEGIN, 1)
+        after = rest.split(CARD_END, 1)[1].lstrip("\n")
+        text = before + section + after
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + "## Evaluation\n\n" + section
+    card.write_text(text, encoding="utf-8")
+    return card
+
+
+# ---------------------------------------------------------------------------------------------------- trade-off
+def tradeoff(
+    pipe,
+    *,
+    model_name: str = "",
+    num_samples: int = 500,
+    steps: tuple[int, ...] = TRADEOFF_STEPS,
+    seed: int = 0,
+    batch_size: int = 250,
+    judge: DigitJudge | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """
+    The steps/quality trade-off: DDPM with the full chain of T steps, then respaced DDPM and DDIM at each of `steps`;
+    one `evaluate_pipeline` result per row (same seed, so every row starts from the same x_T).
+    """
+    judge = judge if judge is not None else load_judge()
+    full = pipe.scheduler.config.num_train_timesteps
+    settings = [("ddpm", full)] + [(name, k) for name in ("ddpm", "ddim") for k in steps if k <= full]
+    rows = []
+    for name, k in settings:
+        rows.append(
+            evaluate_pipeline(
+                pipe,
+                model_name=model_name,
+                num_samples=num_samples,
+                num_inference_steps=k,
+                scheduler=name,
+                seed=seed,
+                batch_size=batch_size,
+                judge=judge,
+                progress=progress,
+            )
+        )
+    return rows
+
+
+def tradeoff_markdown(rows: list[dict]) -> str:
+    """The trade-off rows as a markdown table."""
+    first = rows[0]
+    lines = [
+        f"### Steps vs. quality: {first['model'] or first['pipeline_class']} ({first['num_samples']} samples per row, "
+        f"seed {first['seed']}, {first['device']})",
+        "",
+        "| sampler | steps | confident (p >= 0.9) | Frechet distance | Frechet / reference | s / image |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        sampler = "DDPM (respaced)" if r["scheduler"] == "ddpm" and r is not first else r["scheduler"].upper()
+        lines.append(
+            f"| {sampler} | {r['num_inference_steps']} | {r['confident_share']:.1%} | {r['frechet_distance']:.2f} "
+            f"| {r['frechet_ratio']:.2f} | {r['seconds_per_image']:.4f} |"
+        )
+    lines += ["", f"Reference Frechet distance (held-out vs. training digits): {first['frechet_reference']:.2f}."]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def _to_jsonable(value):
+    if isinstance(value, dict):
+        return {k: _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, np.generic):
+        return _to_jsonable(value.item())
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Sample quality (digit judge: confident share, class balance, Frechet distance) and held-out "
+        "bits/dim of an MNIST pipeline, with pass/fail against the targets."
+    )
+    parser.add_argument("--model", default="latent", help="'latent', 'pixel' (bundled) or a pipeline folder")
+    parser.add_argument("--num-samples", type=int, default=None, help="default 1000 (500 per row with --tradeoff)")
+    parser.add_argument("--num-inference-steps", type=int, default=None, help="default: the pipeline's default")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default="ddpm")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=250, help="images per pipeline call")
+    parser.add_argument("--bpd", action="store_true", help="also the held-out bits/dim (slow: one UNet call per step)")
+    parser.add_argument("--bpd-timesteps", type=int, default=None, help="strided bits/dim estimate over K steps")
+    parser.add_argument("--bpd-num-images", type=int, default=None, help="held-out digits for bits/dim (default 500)")
+    parser.add_argument("--bpd-batch-size", type=int, default=50)
+    parser.add_argument("--tradeoff", action="store_true", help="the steps/quality table: DDPM T, DDPM and DDIM at K")
+    parser.add_argument("--tradeoff-steps", default=",".join(map(str, TRADEOFF_STEPS)), help="comma-separated K")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--write-card", action="store_true", help="put the results into the model folder's README.md")
+    parser.add_argument("--judge", default=None, help="folder of the digit judge (default: the shipped one)")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.num_samples is None:
+        args.num_samples = 500 if args.tradeoff else 1000
+    if args.num_samples < 2:
+        parser.error(f"--num-samples must be at least 2, got {args.num_samples}.")
+    for name in ("batch_size", "bpd_batch_size", "bpd_timesteps", "bpd_num_images", "num_inference_steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
+    try:
+        args.tradeoff_steps = tuple(int(k) for k in args.tradeoff_steps.split(",") if k.strip())
+    except ValueError:
+        parser.error(f"--tradeoff-steps must be comma-separated integers, got {args.tradeoff_steps!r}.")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict | list[dict]:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_pipeline(args.model, device=device)
+    judge = load_judge(args.judge, device=device)
+    progress = not args.no_progress
+    if args.tradeoff:
+        rows = tradeoff(
+            pipe,
+            model_name=args.model,
+            num_samples=args.num_samples,
+            steps=args.tradeoff_steps,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            judge=judge,
+            progress=progress,
+        )
+        print(tradeoff_markdown(rows))
+        output: dict | list[dict] = rows
+    else:
+        output = evaluate_pipeline(
+            pipe,
+            model_name=args.model,
+            num_samples=args.num_samples,
+            num_inference_steps=args.num_inference_steps,
+            scheduler=args.scheduler,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            bpd=args.bpd or args.bpd_timesteps is not None,
+            bpd_timesteps=args.bpd_timesteps,
+            bpd_num_images=args.bpd_num_images,
+            bpd_batch_size=args.bpd_batch_size,
+            judge=judge,
+            progress=progress,
+        )
+        print(metrics_markdown(output))
+        if args.write_card:
+            from .pretrained import DEFAULT_PIPELINES, PRETRAINED_DIR
+
+            folder = (
+                PRETRAINED_DIR / DEFAULT_PIPELINES[args.model][0] if args.model in DEFAULT_PIPELINES else args.model
+            )
+            print(f"model card updated: {write_metrics_to_card(folder, output)}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(_to_jsonable(output), f, indent=2)
+    return output
+
+
+if __name__ == "__main__":
+    main()
