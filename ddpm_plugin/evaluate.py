@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .judge import DigitJudge, judge_images, load_judge
-from .sample import SCHEDULERS, generators_for, load_pipeline, set_scheduler
+from .sample import SCHEDULERS, UnsupportedSamplerError, generators_for, load_pipeline, set_scheduler
 
 __all__ = [
     "CONFIDENCE_THRESHOLD",
@@ -502,15 +502,16 @@ def tradeoff(
 ) -> list[dict]:
     """
     The steps/quality trade-off: DDPM with the full chain of T steps, then respaced DDPM and DDIM at each of `steps`;
-    one `evaluate_pipeline` result per row (same seed, so every row starts from the same x_T).
+    one `evaluate_pipeline` result per row (same seed, so every row starts from the same x_T). A sampler the model
+    cannot use (DDIM for a learned-variance UNet) gives rows `{"scheduler", "num_inference_steps", "skipped": why}`.
     """
     judge = judge if judge is not None else load_judge()
     full = pipe.scheduler.config.num_train_timesteps
     settings = [("ddpm", full)] + [(name, k) for name in ("ddpm", "ddim") for k in steps if k <= full]
     rows = []
     for name, k in settings:
-        rows.append(
-            evaluate_pipeline(
+        try:
+            row = evaluate_pipeline(
                 pipe,
                 model_name=model_name,
                 num_samples=num_samples,
@@ -521,7 +522,9 @@ def tradeoff(
                 judge=judge,
                 progress=progress,
             )
-        )
+        except UnsupportedSamplerError as error:  # e.g. DDIM for a learned-variance model: raised before sampling
+            row = {"scheduler": name, "num_inference_steps": k, "skipped": str(error)}
+        rows.append(row)
     return rows
 
 
@@ -537,6 +540,9 @@ def tradeoff_markdown(rows: list[dict]) -> str:
     ]
     for r in rows:
         sampler = "DDPM (respaced)" if r["scheduler"] == "ddpm" and r is not first else r["scheduler"].upper()
+        if "skipped" in r:
+            lines.append(f"| {sampler} | {r['num_inference_steps']} | skipped: {r['skipped']} | | | |")
+            continue
         lines.append(
             f"| {sampler} | {r['num_inference_steps']} | {r['confident_share']:.1%} | {r['frechet_distance']:.2f} "
             f"| {r['frechet_ratio']:.2f} | {r['seconds_per_image']:.4f} |"

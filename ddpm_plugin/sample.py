@@ -31,6 +31,7 @@ import torch
 
 __all__ = [
     "SCHEDULERS",
+    "UnsupportedSamplerError",
     "generators_for",
     "load_pipeline",
     "main",
@@ -47,6 +48,10 @@ MARKER_DIR = ".shards"
 TMP_DIR = ".tmp"
 # run settings that a resumed run must share with the run it continues (num_samples may grow, batch_size may change)
 _RESUME_KEYS = ("model", "scheduler", "num_inference_steps", "seed", "shard_size", "format", "dtype")
+
+
+class UnsupportedSamplerError(ValueError):
+    """The requested sampler cannot sample this model (e.g. DDIM for a UNet with learned variance)."""
 
 
 # ---------------------------------------------------------------------------------------------------- seeding
@@ -110,7 +115,7 @@ def set_scheduler(pipe, name: str, base=None):
             getattr(unet_config, "out_channels", None) == 2 * unet_config.in_channels
         )
         if learned:
-            raise ValueError(
+            raise UnsupportedSamplerError(
                 f"scheduler={name!r} cannot sample this model: its UNet predicts a learned variance (out_channels="
                 f"{unet_config.out_channels}, twice in_channels), which diffusers' DDIM / DPM-Solver steps do not "
                 "split off; use scheduler='ddpm'."

@@ -329,4 +329,20 @@ def test_ddim_is_refused_for_a_learned_variance_model():
     )
     with pytest.raises(ValueError, match="learned variance"):
         set_scheduler(pipe, "ddim")
+    assert type(pipe.scheduler) is GaussianDDPMScheduler  # unchanged
     assert type(set_scheduler(pipe, "ddpm")) is GaussianDDPMScheduler
+
+
+def test_tradeoff_skips_ddim_rows_of_a_learned_variance_model(judge):
+    torch.manual_seed(0)
+    unet = DDPMUNet2DModel(
+        sample_size=28, in_channels=1, model_channels=8, channel_mult=(1,), norm_num_groups=4, attention_resolutions=(),
+        learned_variance=True,
+    )  # fmt: skip
+    scheduler = GaussianDDPMScheduler(num_train_timesteps=4, variance_type="learned_range")
+    pipe = PixelDDPMPipeline(unet=unet, scheduler=scheduler)
+    rows = ev.tradeoff(pipe, num_samples=2, steps=(2,), batch_size=2, judge=judge, progress=False)
+    assert [("skipped" in r, r["scheduler"], r["num_inference_steps"]) for r in rows] == [
+        (False, "ddpm", 4), (False, "ddpm", 2), (True, "ddim", 2)
+    ]  # fmt: skip
+    assert "| DDIM | 2 | skipped: scheduler='ddim' cannot sample this model" in ev.tradeoff_markdown(rows)
