@@ -188,12 +188,12 @@ class TrainingConfig:
         for name in (
             "model_channels", "layers_per_block", "norm_num_groups", "vae_layers_per_block", "vae_latent_channels",
             "vae_norm_num_groups", "num_train_timesteps", "default_num_inference_steps", "train_batch_size",
-            "max_train_steps", "gradient_accumulation_steps", "learning_rate", "logging_steps", "num_sample_images",
+            "max_train_steps", "gradient_accumulation_steps", "logging_steps", "num_sample_images",
             "sample_inference_steps", "card_grid_inference_steps", "eval_num_images", "eval_num_timesteps", "latent_scale_samples",
         ):  # fmt: skip
             positive(name)
         for name in ("lr_warmup_steps", "checkpointing_steps", "sample_steps", "eval_steps", "final_eval_num_images",
-                     "adam_weight_decay", "vae_kl_weight", "lambda_vlb", "dataloader_num_workers", "dropout"):  # fmt: skip
+                     "adam_weight_decay", "vae_kl_weight", "lambda_vlb", "learning_rate", "dataloader_num_workers", "dropout"):  # fmt: skip
             positive(name, allow_zero=True)
         for name in ("checkpoints_total_limit", "max_train_samples", "snr_gamma", "max_grad_norm",
                      "final_eval_num_timesteps", "resolution"):  # fmt: skip

@@ -8,6 +8,7 @@ grids, held-out bits/dim) and exports the final pipeline (EMA weights) and its m
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -184,7 +185,12 @@ def _setup_unet(
                 f"{resolution} gives {sample_size}."
             )
         if unet.config.sample_size != sample_size:
-            unet.register_to_config(sample_size=sample_size)
+            # attention sits at fixed levels; their resolutions are recorded by size, so renumber them
+            old_size, levels = unet.config.sample_size, len(unet.config.channel_mult)
+            attention_levels = [lv for lv in range(levels) if old_size // 2**lv in unet.config.attention_resolutions]
+            unet.register_to_config(
+                sample_size=sample_size, attention_resolutions=tuple(sample_size // 2**lv for lv in attention_levels)
+            )
 
     scheduler = scheduler_from_init(config, init) if init is not None else build_scheduler(config)
     learned = scheduler.config.variance_type in ("learned", "learned_range")
@@ -453,7 +459,13 @@ def train(config: TrainingConfig, argv: list[str] | None = None) -> TrainResult:
     if config.progress_bar and accelerator.is_local_main_process:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=config.max_train_steps, initial=global_step, desc=f"train {config.stage}", unit="step")
+        progress = tqdm(
+            total=config.max_train_steps,
+            initial=global_step,
+            desc=f"train {config.stage}",
+            unit="step",
+            mininterval=0.5 if sys.stderr.isatty() else 30.0,  # a log file gets a line every 30 s, not every step
+        )
     accum = config.gradient_accumulation_steps
     micro_per_epoch = steps_per_epoch * accum
     epoch = global_step // steps_per_epoch
@@ -522,7 +534,13 @@ def train(config: TrainingConfig, argv: list[str] | None = None) -> TrainResult:
 
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+                rate = (global_step - start_step) * images_per_step / max(time.perf_counter() - start_time, 1e-9)
+                progress.set_postfix(
+                    loss=f"{last_loss:.4f}",
+                    lr=f"{lr_scheduler.get_last_lr()[0]:.2e}",
+                    img_s=f"{rate:.1f}",
+                    refresh=False,
+                )
             if global_step % config.logging_steps == 0 or global_step == config.max_train_steps:
                 elapsed = time.perf_counter() - start_time
                 logs = {
@@ -550,6 +568,14 @@ def train(config: TrainingConfig, argv: list[str] | None = None) -> TrainResult:
     if progress is not None:
         progress.close()
     if debug_file is not None:
+        # a fingerprint of this process's final weights (and EMA), to check that all processes agree
+        digest = hashlib.sha256()
+        for p in unwrapped.parameters():
+            digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+        if ema is not None:
+            for p in ema.shadow_params:
+                digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+        debug_file.write(json.dumps({"final_step": global_step, "weights_sha256": digest.hexdigest()}) + "\n")
         debug_file.close()
     elapsed = time.perf_counter() - start_time
     if global_step > start_step:
