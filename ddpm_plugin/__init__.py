@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it (imported on first use, so `import ddpm_plugin` stays cheap)
+# public name -> module that defines it (imported on first use; the pipelines, UNet and scheduler are imported at
+# once by the registration below)
 _LAZY = {
     "GaussianDDPMScheduler": "ddpm_plugin.schedulers.scheduling_gaussian_ddpm",
     "GaussianDDPMSchedulerOutput": "ddpm_plugin.schedulers.scheduling_gaussian_ddpm",
@@ -36,10 +37,14 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'ddpm_plugin' has no attribute {name!r}")
 
 
-# registration with diffusers (imports the two pipeline modules, hence torch and diffusers)
+# registration with diffusers: imports the pipeline, UNet and scheduler modules (hence torch and diffusers)
 from ._registry import register_pipelines_with_diffusers  # noqa: E402
 
 register_pipelines_with_diffusers()
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .hub import push_to_hub, save_for_hub  # noqa: F401
+    from .models.unet_ddpm_2d import DDPMUNet2DModel  # noqa: F401
+    from .pipelines.pipeline_latent_ddpm import LatentDDPMPipeline  # noqa: F401
+    from .pipelines.pipeline_pixel_ddpm import PixelDDPMPipeline  # noqa: F401
     from .schedulers.scheduling_gaussian_ddpm import GaussianDDPMScheduler, GaussianDDPMSchedulerOutput  # noqa: F401

@@ -114,7 +114,7 @@ def run_python(code: str, tmp_path: Path, **env) -> str:
         **env,
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], env=full_env, capture_output=True, text=True, cwd=tmp_path, timeout=300
+        [sys.executable, "-c", code], env=full_env, capture_output=True, text=True, cwd=tmp_path, timeout=1500
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout
