@@ -72,7 +72,7 @@ class TrainingConfig:
     )
     channels: int = _f(1, "Image channels: 1 (grayscale) or 3 (RGB); images are converted to this.")
     mnist_pad: bool = _f(False, "MNIST: pad the 28x28 digits to 32x32 with background.")
-    center_crop: bool = _f(True, "Center-crop to a square after resizing the short side (else random crop).")
+    center_crop: bool = _f(True, "Center-crop to a square after resizing the short side (else crop at the top-left).")
     random_flip: bool = _f(False, "Augmentation: random horizontal flip (off for digits).")
     max_train_samples: int | None = _f(None, "Use only the first N training images (debugging, tiny runs).")
     dataloader_num_workers: int = _f(0, "DataLoader worker processes (0: load in the main process).")
@@ -261,15 +261,19 @@ def _none_or(convert):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """An argparse parser with one flag per `TrainingConfig` field, plus `--config FILE`."""
+    """An argparse parser with one flag per `TrainingConfig` field, plus `--config FILE`.
+
+    Flags that are not given stay unset (`argparse.SUPPRESS`), so that a `--config` file can fill them; the help text
+    shows the field's comment and its dataclass default.
+    """
     parser = argparse.ArgumentParser(
         prog="ddpm-train",
         description=(
             "Train the DDPM plugin's models with accelerate: --stage vae trains the AutoencoderKL, --stage unet the "
             "noise predictor (pixel space, or --latent with a frozen VAE). Settings come from the field defaults, "
-            "then --config FILE (YAML or JSON), then these flags."
+            "then --config FILE (YAML or JSON), then these flags. Booleans: --flag / --no-flag; optional values "
+            "accept 'none'; lists take several values (--channel_mult 1 2 2)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("--config", type=str, help="YAML or JSON file of settings (flags given here override it).")
@@ -277,23 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(TrainingConfig):
         tp, optional = _unwrap_optional(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f.metadata.get("help", "") + (" (default: %(default)s)" if True else "")
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        help_text = f"{f.metadata.get('help', '')} (default: {shown})".replace("%", "%%")
         flag = f"--{f.name}"
-        kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "dest": f.name}
-        kwargs["help"] = help_text.replace("%", "%%").replace("%%(default)s", "%(default)s")
         if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, **kwargs)
-            parser._option_string_actions[flag].help = kwargs["help"].replace("%(default)s", str(default))
-            continue
-        if typing.get_origin(tp) is list:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        elif typing.get_origin(tp) is list:
             (item,) = typing.get_args(tp)
-            parser.add_argument(flag, type=item, nargs="*", metavar=item.__name__.upper(), **kwargs)
+            parser.add_argument(flag, type=item, nargs="*", metavar=item.__name__.upper(), help=help_text)
         elif typing.get_origin(tp) is Literal:
-            parser.add_argument(flag, type=str, choices=typing.get_args(tp), **kwargs)
+            parser.add_argument(flag, type=str, choices=typing.get_args(tp), help=help_text)
         else:
             convert = _none_or(tp) if optional else tp
-            parser.add_argument(flag, type=convert, metavar=tp.__name__.upper(), **kwargs)
-        parser._option_string_actions[flag].help = kwargs["help"].replace("%(default)s", str(default))
+            parser.add_argument(flag, type=convert, metavar=tp.__name__.upper(), help=help_text)
     return parser
 
 

@@ -169,15 +169,16 @@ def _setup_unet(
         resolution = _data_resolution(config, unet.config.sample_size if unet is not None else None, "no --init_from")
         sample_size, in_channels = resolution, config.channels
 
+    if unet is not None and unet.config.in_channels != in_channels:
+        what = "latent channels of the VAE" if vae is not None else f"channels={config.channels} of the data"
+        raise ValueError(
+            f"the UNet of init_from={config.init_from!r} takes {unet.config.in_channels}-channel inputs, but the "
+            f"{what} give {in_channels}; set --channels to match the model (or train a new one)."
+        )
+    dataset, eval_images, description = build_datasets(config, resolution)  # data errors before model errors
     if unet is None:
         unet = build_unet(config, sample_size, in_channels)
     else:
-        if unet.config.in_channels != in_channels:
-            what = "latent channels of the VAE" if vae is not None else f"channels={config.channels} of the data"
-            raise ValueError(
-                f"the UNet of init_from={config.init_from!r} takes {unet.config.in_channels}-channel inputs, but the "
-                f"{what} give {in_channels}; set --channels to match the model (or train a new one)."
-            )
         factor = 2 ** (len(unet.config.channel_mult) - 1)
         if sample_size % factor:
             raise ValueError(
@@ -210,7 +211,6 @@ def _setup_unet(
             f"variance_type={scheduler.config.variance_type!r}. Use --loss_type simple."
         )
 
-    dataset, eval_images, description = build_datasets(config, resolution)
     latent_scale = None
     if vae is not None:
         vae.requires_grad_(False).eval().to(accelerator.device)
@@ -384,6 +384,9 @@ def train(config: TrainingConfig, argv: list[str] | None = None) -> TrainResult:
         shuffle=True,
         drop_last=True,
         num_workers=config.dataloader_num_workers,
+        # its own generator: starting an epoch's iterator must not draw from the global RNG (dropout's), or a resumed
+        # run, which starts its iterator after restoring that RNG, would drift from an uninterrupted one
+        generator=torch.Generator().manual_seed(config.seed),
     )
     ema = None
     if config.use_ema:
