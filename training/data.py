@@ -60,7 +60,7 @@ def _to_tensor(array: np.ndarray) -> torch.Tensor:
     """uint8 `(H, W)` or `(H, W, C)` -> float32 `(C, H, W)` in [-1, 1]."""
     if array.ndim == 2:
         array = array[:, :, None]
-    tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float()
+    tensor = torch.from_numpy(np.array(array.transpose(2, 0, 1))).float()  # a writable copy
     return tensor / 127.5 - 1.0
 
 

@@ -307,6 +307,17 @@ def _make_pipeline(unet, scheduler, vae, default_steps: int):
     return PixelDDPMPipeline(unet=unet, scheduler=scheduler, default_num_inference_steps=default_steps)
 
 
+def _multi_process_without_accelerator() -> bool:
+    """True under `torchrun` / `accelerate launch` on a machine with no GPU: accelerate then needs `cpu=True` to run
+    data-parallel over gloo (otherwise every process would train alone)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    has_accelerator = getattr(torch, "accelerator", None)
+    if has_accelerator is not None:
+        return not torch.accelerator.is_available()
+    return not torch.cuda.is_available()
+
+
 # ---------------------------------------------------------------------------------------------------- the run
 def train(config: TrainingConfig, argv: list[str] | None = None) -> TrainResult:
     """
@@ -330,6 +341,7 @@ def train(config: TrainingConfig, argv: list[str] | None = None) -> TrainResult:
     output_dir = Path(config.output_dir)
     checkpoint_root = output_dir / "checkpoints"
     accelerator = Accelerator(
+        cpu=_multi_process_without_accelerator(),
         mixed_precision=config.mixed_precision,
         log_with=None if config.report_to == "none" else config.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
