@@ -60,6 +60,23 @@ def get_timestep_embedding(
     return emb
 
 
+def _silu_fresh(tensor: torch.Tensor) -> torch.Tensor:
+    """
+    SiLU of a tensor nobody else holds (a fresh GroupNorm output): in place when no gradient flows through it (saves
+    an allocation and a pass over memory); out of place under autograd, where an in-place SiLU would only make
+    autograd keep a copy of its input.
+    """
+    return F.silu(tensor, inplace=not tensor.requires_grad)
+
+
+def _add_into(tensor: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """
+    `tensor + other` for an `other` that broadcasts to `tensor`'s shape, written into `tensor` when that gives the same
+    result (same dtype: under autocast a float32 `other` would promote the sum).
+    """
+    return tensor.add_(other) if other.dtype == tensor.dtype else tensor + other
+
+
 class DDPMTimestepMLP(nn.Module):
     """The timestep MLP of Ho et al.: `Linear -> SiLU -> Linear`, from the sinusoidal embedding to `temb`."""
 
@@ -116,16 +133,18 @@ class DDPMResnetBlock2D(nn.Module):
         Returns:
             `torch.Tensor` of shape `(batch_size, out_channels, height, width)`.
         """
-        h = self.conv1(F.silu(self.norm1(hidden_states)))
+        # SiLU and adds in place on fresh GroupNorm / convolution outputs: one allocation and one pass over memory less
+        # each (convolutions do not keep their outputs for backward, so the adds are safe under autograd too)
+        h = self.conv1(_silu_fresh(self.norm1(hidden_states)))
         temb = self.time_emb_proj(F.silu(temb))[:, :, None, None]  # (B, C or 2C, 1, 1)
         if self.time_scale_shift == "scale_shift":
             scale, shift = temb.chunk(2, dim=1)
-            h = self.norm2(h) * (1 + scale) + shift
+            h = torch.addcmul(shift, self.norm2(h), 1 + scale)  # GN(h) * (1 + scale) + shift
         else:
-            h = self.norm2(h + temb)
-        h = self.conv2(self.dropout(F.silu(h)))
+            h = self.norm2(_add_into(h, temb))
+        h = self.conv2(self.dropout(_silu_fresh(h)))
         shortcut = hidden_states if self.conv_shortcut is None else self.conv_shortcut(hidden_states)
-        return shortcut + h
+        return _add_into(h, shortcut)
 
 
 class DDPMAttnBlock2D(nn.Module):
@@ -148,7 +167,8 @@ class DDPMAttnBlock2D(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """`(batch_size, channels, height, width)` -> same shape."""
         batch_size, channels, height, width = hidden_states.shape
-        h = self.norm(hidden_states).view(batch_size, channels, height * width).transpose(1, 2)  # (B, HW, C)
+        # (B, HW, C), made contiguous once here rather than by each of the three projections (a view in channels-last)
+        h = self.norm(hidden_states).flatten(2).transpose(1, 2).contiguous()
         q, k, v = (
             proj(h).view(batch_size, height * width, self.heads, -1).transpose(1, 2)  # (B, nh, HW, hs)
             for proj in (self.to_q, self.to_k, self.to_v)
