@@ -1,0 +1,377 @@
+# Copyright 2026 The ddpm_plugin authors. Apache-2.0.
+"""The denoising loop shared by `PixelDDPMPipeline` and `LatentDDPMPipeline`, with step previews.
+
+One loop, `DDPMBasePipeline._denoise`, is a generator: `__call__` consumes it without previews and `iter_previews`
+hands its items to the caller. A preview costs no extra UNet call: x0_hat (Ho (15)) is the `pred_original_sample`
+of `scheduler.step`; for schedulers whose step output lacks it (e.g. `DPMSolverMultistepScheduler`) it is computed
+from the same model output and the scheduler's own `alphas_cumprod` (`_pred_original_sample_from_model_output`).
+
+Loading reads safetensors only (`use_safetensors=True` unless the caller says otherwise), and a missing, truncated
+or corrupted weight file raises an `OSError` naming that file.
+
+This file imports nothing outside the standard library, torch and diffusers (plus `.preview`): `save_for_hub` copies
+it next to the pipeline code of a Hub repository, where `ddpm_plugin` is not installed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import struct
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+
+from .preview import DDPMPreview
+
+__all__ = ["DDPMBasePipeline"]
+
+SAFETENSORS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+
+class DDPMBasePipeline(DiffusionPipeline):
+    """
+    Base class of the DDPM pipelines: the shared denoising loop, step previews, safetensors-only loading.
+
+    Subclasses provide `__init__` (registering `unet`, `scheduler`, ... and `default_num_inference_steps`),
+    `_latent_shape(batch_size)`, `_output_types` and `_postprocess(*samples, output_type=...)`.
+    """
+
+    _callback_tensor_inputs = ["latents"]
+    _output_types: tuple[str, ...] = ("pil", "np", "pt")
+
+    # ------------------------------------------------------------------------------------------------ properties
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` (e.g. from `callback_on_step_end`) to stop the run at the next step."""
+        return getattr(self, "_interrupt", False)
+
+    @property
+    def num_timesteps(self) -> int:
+        """Number of denoising steps of the current (or last) run."""
+        return getattr(self, "_num_timesteps", 0)
+
+    # ------------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+        """
+        `DiffusionPipeline.from_pretrained` that loads safetensors only (`use_safetensors=True` by default; passing
+        `use_safetensors=False` explicitly allows pickle files) and names the file when a weight file is missing,
+        truncated or corrupted (`OSError`).
+
+        Works with a local folder written by `save_pretrained` or a Hub id (also offline, from the Hub cache, with
+        `HF_HUB_OFFLINE=1`).
+        """
+        kwargs.setdefault("use_safetensors", True)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except Exception as error:
+            problem = _diagnose_weight_files(cls, pretrained_model_name_or_path, kwargs)
+            if problem is None:
+                raise
+            path, reason = problem
+            raise OSError(
+                f"Cannot load the pipeline from {str(pretrained_model_name_or_path)!r}: the weight file {path} {reason}."
+                " Only safetensors weights are loaded; save the pipeline again with `save_pretrained` (or download "
+                f"it again). Original error: {type(error).__name__}: {error}"
+            ) from error
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    @staticmethod
+    def _check_default_num_inference_steps(default_num_inference_steps: int) -> None:
+        if (
+            isinstance(default_num_inference_steps, bool)
+            or not isinstance(default_num_inference_steps, int)
+            or default_num_inference_steps < 1
+        ):
+            raise ValueError(
+                f"default_num_inference_steps must be a positive integer, got {default_num_inference_steps!r}."
+            )
+
+    def _latent_shape(self, batch_size: int) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _postprocess(self, *samples: torch.Tensor | None, output_type: str) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def _sample_size(self) -> tuple[int, int]:
+        """(height, width) of the UNet's samples (`unet.config.sample_size`, an int or a pair)."""
+        size = self.unet.config.sample_size
+        if isinstance(size, int):
+            return size, size
+        height, width = size
+        return int(height), int(width)
+
+    @staticmethod
+    def _samples_to_images(samples: torch.Tensor, output_type: str, numpy_to_pil: Callable) -> Any:
+        """
+        Samples in [-1, 1] of shape `(batch_size, num_channels, height, width)` -> images in [0, 1] of `output_type`.
+        """
+        images = (samples / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return images
+        images = images.cpu().permute(0, 2, 3, 1).float().numpy()  # (B, H, W, C)
+        if output_type == "np":
+            return images
+        return numpy_to_pil(images)
+
+    def _prepare_extra_step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict:
+        """`generator` goes to `scheduler.step` only if its signature takes one (DDPM, DDIM and DPM-Solver do)."""
+        parameters = inspect.signature(self.scheduler.step).parameters
+        takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        if "generator" in parameters or takes_kwargs:
+            return {"generator": generator}
+        return {}
+
+    def _pred_original_sample_from_model_output(
+        self, model_output: torch.Tensor, timestep: torch.Tensor | int, sample: torch.Tensor
+    ) -> torch.Tensor | None:
+        """
+        x0_hat for a scheduler whose `step()` output has no `pred_original_sample` (e.g. DPM-Solver), from the model
+        output of the same step and the scheduler's `alphas_cumprod` (read, not recomputed):
+        Ho (15) `x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)` for epsilon prediction,
+        the output itself for sample prediction and `sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v` for v.
+
+        Returns `None` when the scheduler has no `alphas_cumprod` or the timestep is not an integer index.
+        """
+        alphas_cumprod = getattr(self.scheduler, "alphas_cumprod", None)
+        t = float(timestep)
+        if alphas_cumprod is None or not t.is_integer() or not 0 <= t < len(alphas_cumprod):
+            return None
+        channels = sample.shape[1]
+        if model_output.shape[1] == 2 * channels:  # learned variance: prediction, then variance channels
+            model_output = model_output[:, :channels]
+        alpha_prod_t = torch.as_tensor(alphas_cumprod[int(t)], dtype=torch.float64).item()
+        sqrt_alpha_prod, sqrt_one_minus_alpha_prod = alpha_prod_t**0.5, (1 - alpha_prod_t) ** 0.5
+        prediction_type = getattr(self.scheduler.config, "prediction_type", "epsilon")
+        if prediction_type == "epsilon":
+            return (sample - sqrt_one_minus_alpha_prod * model_output) / sqrt_alpha_prod
+        if prediction_type == "sample":
+            return model_output
+        if prediction_type == "v_prediction":
+            return sqrt_alpha_prod * sample - sqrt_one_minus_alpha_prod * model_output
+        return None
+
+    def _check_inputs(
+        self,
+        batch_size: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        num_inference_steps: int | None,
+        preview_every: int,
+        output_type: str,
+        callback_on_step_end_tensor_inputs: list[str],
+    ) -> int:
+        """Validates the arguments of a run; returns the number of inference steps to use."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"generator is a list of {len(generator)} generators but batch_size is {batch_size}; pass one "
+                "generator per image (or a single generator)."
+            )
+        if isinstance(preview_every, bool) or not isinstance(preview_every, int) or preview_every < 0:
+            raise ValueError(f"preview_every must be a non-negative integer (0: no previews), got {preview_every!r}.")
+        if output_type not in self._output_types:
+            raise ValueError(f"output_type={output_type!r} is not supported; choose one of {self._output_types}.")
+        bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs has {bad}, which are not among the pipeline's tensor inputs "
+                f"{self._callback_tensor_inputs}."
+            )
+        if num_inference_steps is None:
+            # the registered default (e.g. 1000, the full chain), capped at the scheduler's number of training steps
+            num_inference_steps = min(
+                self.config.default_num_inference_steps, self.scheduler.config.num_train_timesteps
+            )
+        if (
+            isinstance(num_inference_steps, bool)
+            or not isinstance(num_inference_steps, int)
+            or num_inference_steps < 1
+        ):
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
+        return num_inference_steps
+
+    # ------------------------------------------------------------------------------------------------ the loop
+    @torch.no_grad()
+    def _denoise(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int | None = None,
+        preview_every: int = 0,
+        output_type: str = "pil",
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> Iterator[DDPMPreview]:
+        """
+        The sampling loop (Ho et al. Algorithm 2 with any diffusers scheduler), yielding a `DDPMPreview` after every
+        `preview_every` steps and always a final item (`final=True`, `images` set) at the end of the run or when it is
+        interrupted. The final item of a completed run is the preview of its last step, so a run of `n` steps yields
+        `ceil(n / preview_every)` items (1 item with `preview_every=0`). Nothing is kept across steps but the current
+        sample, so memory does not grow with the number of steps.
+        """
+        if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        if callback_on_step_end_tensor_inputs is None:
+            callback_on_step_end_tensor_inputs = ["latents"]
+        num_inference_steps = self._check_inputs(
+            batch_size, generator, num_inference_steps, preview_every, output_type, callback_on_step_end_tensor_inputs
+        )
+        self._interrupt = False
+        device = self._execution_device
+
+        # 1. x_T ~ N(0, I) (Ho (1)), drawn on the generator's device (CPU generators give the same images on any
+        #    device); one generator per sample gives per-sample reproducibility
+        latents = randn_tensor(
+            self._latent_shape(batch_size), generator=generator, device=device, dtype=self.unet.dtype
+        )
+        latents = latents * self.scheduler.init_noise_sigma
+
+        # 2. the chain of timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        num_steps = self._num_timesteps = len(timesteps)
+        extra_step_kwargs = self._prepare_extra_step_kwargs(generator)
+
+        # 3. denoise: x_t -> x_{t-1}, with x0_hat of Ho (15) from the same step
+        step, last_timestep, pred_original_sample = 0, int(timesteps[0]), None
+        with self.progress_bar(total=num_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    break
+                model_input = self.scheduler.scale_model_input(latents, t)
+                model_output = self.unet(model_input, t).sample
+                output = self.scheduler.step(model_output, t, latents, **extra_step_kwargs)
+                pred_original_sample = getattr(output, "pred_original_sample", None)
+                if pred_original_sample is None:
+                    pred_original_sample = self._pred_original_sample_from_model_output(model_output, t, latents)
+                latents = output.prev_sample
+                step, last_timestep = i + 1, int(t)
+
+                if callback_on_step_end is not None:
+                    callback_kwargs = {"latents": latents}
+                    callback_kwargs = {k: callback_kwargs[k] for k in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
+                progress_bar.update()
+
+                if step == num_steps or self.interrupt:
+                    break
+                if preview_every and step % preview_every == 0:
+                    sample_images, x0_images = self._postprocess(
+                        latents, pred_original_sample, output_type=output_type
+                    )
+                    yield DDPMPreview(
+                        step=step,
+                        num_steps=num_steps,
+                        timestep=last_timestep,
+                        sample=sample_images,
+                        pred_original_sample=x0_images,
+                    )
+
+        # 4. the output (also of an interrupted run: its current sample, as in diffusers' pipelines)
+        (images,) = self._postprocess(latents, output_type=output_type)
+        x0_images = None
+        if preview_every and pred_original_sample is not None:
+            if pred_original_sample is latents or torch.equal(pred_original_sample, latents):
+                x0_images = images  # the last DDPM / DDIM step returns x0_hat itself
+            else:
+                (x0_images,) = self._postprocess(pred_original_sample, output_type=output_type)
+        self.maybe_free_model_hooks()
+        yield DDPMPreview(
+            step=step,
+            num_steps=num_steps,
+            timestep=last_timestep,
+            sample=images,
+            pred_original_sample=x0_images,
+            final=True,
+            images=images,
+        )
+
+    def _run_to_end(self, **kwargs) -> Any:
+        """Runs `_denoise` without previews; returns the output images."""
+        final = None
+        for item in self._denoise(preview_every=0, **kwargs):
+            final = item
+        return final.images
+
+
+def _diagnose_weight_files(
+    pipeline_class: type, pretrained_model_name_or_path: str | os.PathLike, kwargs: dict
+) -> tuple[str, str] | None:
+    """
+    After a failed `from_pretrained`, finds a weight file of a component that is missing, truncated or corrupted.
+
+    Returns `(path, what is wrong)` or `None` when the weight files look sound (the failure is then reported as is).
+    """
+    folder = str(pretrained_model_name_or_path)
+    if not os.path.isdir(folder):
+        try:  # a Hub id: the snapshot in the local cache, without network
+            folder = pipeline_class.download(
+                folder,
+                cache_dir=kwargs.get("cache_dir"),
+                revision=kwargs.get("revision"),
+                local_files_only=True,
+                use_safetensors=kwargs.get("use_safetensors", True),
+            )
+        except Exception:
+            return None
+    try:
+        with open(os.path.join(folder, "model_index.json"), encoding="utf-8") as f:
+            model_index = json.load(f)
+    except (OSError, ValueError):
+        return None
+    variant = kwargs.get("variant")
+    weights_name = SAFETENSORS_WEIGHTS_NAME
+    if variant is not None:
+        weights_name = weights_name.replace(".safetensors", f".{variant}.safetensors")
+    for name, value in model_index.items():
+        if name.startswith("_") or not isinstance(value, list) or value[0] is None or name in kwargs:
+            continue
+        component = os.path.join(folder, name)
+        if not os.path.isfile(os.path.join(component, "config.json")):
+            continue  # not a model (schedulers have scheduler_config.json and no weights)
+        index_file = os.path.join(component, weights_name + ".index.json")
+        if os.path.isfile(index_file):  # sharded checkpoint
+            try:
+                with open(index_file, encoding="utf-8") as f:
+                    shards = sorted(set(json.load(f)["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                return index_file, f"is not a valid safetensors index ({e})"
+            paths = [os.path.join(component, shard) for shard in shards]
+        else:
+            paths = [os.path.join(component, weights_name)]
+        for path in paths:
+            if not os.path.isfile(path):
+                present = sorted(os.listdir(component))
+                return path, f"is missing (the folder {component} has {present})"
+            reason = _safetensors_problem(path)
+            if reason is not None:
+                return path, reason
+    return None
+
+
+def _safetensors_problem(path: str) -> str | None:
+    """What is wrong with a safetensors file (8-byte header length, JSON header, data), or `None`."""
+    size = os.path.getsize(path)
+    if size < 8:
+        return f"is truncated: {size} bytes, shorter than the 8-byte safetensors header length"
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if 8 + header_len > size:
+            return f"is truncated or corrupted: its header claims {header_len} bytes but the file has {size} bytes"
+        try:
+            header = json.loads(f.read(header_len))
+            ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return "has a corrupted safetensors header"
+    expected = 8 + header_len + max(ends, default=0)
+    if expected != size:
+        return f"is truncated or corrupted: its header describes {expected} bytes but the file has {size} bytes"
+    return None
