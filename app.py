@@ -1,0 +1,605 @@
+# Copyright 2026 The ddpm_plugin authors. Apache-2.0.
+"""Watch a DDPM sample emerge from noise, step by step: the Gradio app (Hugging Face Spaces entry point).
+
+UI only: sampling, previews, the forward process, the likelihood and the VAE come from `ddpm_plugin` (pipelines'
+`iter_previews`, the scheduler's `add_noise` / `alphas_cumprod`, `bits_per_dim`) through `ddpm_plugin.app_support`.
+Importing this module builds `demo` and nothing else: models load on first use and are cached.
+
+    python app.py [--host 127.0.0.1] [--port 7860] [--model bundled:latent | bundled:pixel | FOLDER | HUB_ID]
+
+Host and port also come from `GRADIO_SERVER_NAME` / `GRADIO_SERVER_PORT`, the default model from `DDPM_APP_MODEL`.
+
+Named API endpoints (`gradio_client`): `/sample` (streams previews), `/stop`, `/forward_process`, `/likelihood`,
+`/latent_space`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+import os
+import random
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import gradio as gr
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from ddpm_plugin import app_support as support
+
+logger = logging.getLogger("ddpm_app")
+
+CACHE = support.PipelineCache()  # model id -> loaded pipeline, shared read-only by all runs
+RUNS = support.RunRegistry()  # session -> running pipelines, for Stop
+MODEL_ENV = "DDPM_APP_MODEL"
+DEFAULT_MODEL = "bundled:latent"
+PREVIEW_SIZE = 256  # previews and grids are upscaled (nearest neighbour) to about this many pixels
+PREVIEW_BUDGET = 0.05  # a latent model decodes x0_hat previews in about this fraction of the sampling time
+MAX_SEED = 2**32 - 1
+MAX_LIKELIHOOD_DIGITS = 16
+CONCURRENCY_LIMIT = int(os.environ.get("DDPM_APP_CONCURRENCY", "2"))  # model runs at once (2 CPU cores)
+QUEUE_SIZE = 32
+
+MODEL_CHOICES = [("Bundled latent model (MNIST)", "bundled:latent"), ("Bundled pixel model (MNIST)", "bundled:pixel")]
+MODEL_HELP = "Pick a bundled model, or type a local pipeline folder or a Hub id (owner/name) and press Enter."
+
+INTRO = """# DDPM: watch a digit emerge from noise
+Denoising diffusion (Ho et al. 2020) starts from pure noise x_T and removes a little of it at every step.
+**Sample** streams the current x_t and the model's guess of the clean image x̂_0 (Ho (15)) as they sharpen;
+**Forward process** adds noise to a digit with q(x_t | x_0); **Likelihood** shows where the bits of
+-log p(x) go; **Latent space** shows what the VAE of the latent model sees."""
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+@contextmanager
+def user_errors(action: str):
+    """Turns a user's mistake (ValueError) into a `gr.Error` with its message, anything else into a short one."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except ValueError as err:
+        raise gr.Error(html.escape(str(err), quote=False), print_exception=False) from None
+    except Exception as err:  # a bug or an odd model: log the traceback, show one line
+        logger.exception("%s failed", action)
+        message = f"{action} failed: {type(err).__name__}: {err}"
+        raise gr.Error(html.escape(message, quote=False), print_exception=False) from None
+
+
+def check_int(name: str, value, low: int, high: int) -> int:
+    """An integer in [low, high], or a gr.Error naming the parameter and the allowed range."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number.is_integer() or not low <= number <= high:
+        raise gr.Error(f"{name} must be a whole number in [{low}, {high}], got {value!r}.", print_exception=False)
+    return int(number)
+
+
+def image_upload(**kwargs) -> gr.Image:
+    """A `gr.Image` upload whose file that is not an image gives a `gr.Error` naming it (not gradio's generic error).
+
+    The check wraps the instance's `preprocess`: subclassing a gradio component would write a `.pyi` file next to
+    this module at import.
+    """
+    component = gr.Image(type="filepath", sources=["upload", "clipboard"], **kwargs)
+    preprocess = component.preprocess
+
+    def checked_preprocess(payload):
+        try:
+            return preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception as err:
+            name = getattr(payload, "orig_name", None) or os.path.basename(str(getattr(payload, "path", "") or ""))
+            raise gr.Error(
+                f"The upload {name!r} is not an image ({type(err).__name__}); upload a PNG or JPEG picture of a digit.",
+                print_exception=False,
+            ) from None
+
+    component.preprocess = checked_preprocess
+    return component
+
+
+# ---------------------------------------------------------------------------------------------------- display
+def grid(images, ncols: int | None = None, size: int = PREVIEW_SIZE) -> np.ndarray | None:
+    """Pipeline images (any output type) -> one upscaled uint8 grid, or None."""
+    if images is None:
+        return None
+    return support.make_grid(support.images_to_uint8(images), ncols=ncols, target_size=size)
+
+
+def status_html(state: str, text: str, step: int = 0, num_steps: int = 0) -> str:
+    bar = f'<progress value="{step}" max="{max(num_steps, 1)}"></progress> ' if num_steps else ""
+    return f'<div class="ddpm-status" data-state="{state}">{bar}<span>{html.escape(text)}</span></div>'
+
+
+def save_png(array: np.ndarray, name: str) -> str:
+    folder = tempfile.mkdtemp(prefix="ddpm_app_")
+    path = os.path.join(folder, name)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def _session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "local"
+
+
+# ---------------------------------------------------------------------------------------------------- sampling
+def sample(
+    model: str,
+    sampler: str,
+    steps: float,
+    seed: float,
+    batch_size: float,
+    preview_every: float,
+    request: gr.Request = None,
+) -> Iterator[tuple]:
+    """
+    Samples `batch_size` images and streams, every `preview_every` steps, the current x_t and the predicted x0_hat.
+
+    Yields tuples (x_t grid, x0_hat grid, final grid, trajectory strip, PNG path, status HTML), one per item of the
+    pipeline's `iter_previews` (`ceil(steps / preview_every)` of them, 1 with `preview_every=0`); the last one holds
+    the final grid, the trajectory and the download, also after Stop.
+    """
+    steps = check_int("steps", steps, 1, support.MAX_STEPS)
+    seed = check_int("seed", seed, 0, MAX_SEED)
+    batch_size = check_int("batch size", batch_size, 1, support.MAX_BATCH_SIZE)
+    preview_every = check_int("preview every", preview_every, 0, support.MAX_STEPS)
+    with user_errors("Loading the model"):
+        run = CACHE.run_pipeline(model, sampler)
+        num_train = run.scheduler.config.num_train_timesteps
+        if steps > num_train:
+            raise ValueError(
+                f"steps={steps} is more than this model's {num_train} diffusion steps; choose 1..{num_train}."
+            )
+        summary = support.model_summary(run)
+    session = _session(request)
+    RUNS.add(session, run)
+    renderer = support.PreviewRenderer(run, budget=PREVIEW_BUDGET, target_size=PREVIEW_SIZE)
+    previews = run.iter_previews(
+        batch_size=batch_size,
+        generator=torch.Generator().manual_seed(seed),
+        num_inference_steps=steps,
+        preview_every=preview_every,
+        output_type=renderer.output_type,
+        callback_on_step_end=support.stop_callback,
+    )
+    start = time.perf_counter()
+    try:
+        with user_errors("Sampling"):
+            for item in previews:
+                elapsed = time.perf_counter() - start
+                if not item.final:
+                    xt, x0 = renderer.preview(item)
+                    text = f"Step {item.step} / {item.num_steps} · t = {item.timestep} · {elapsed:.1f} s"
+                    yield xt, x0, None, None, None, status_html("running", text, item.step, item.num_steps)
+                    continue
+                out = renderer.final(item)
+                name = f"samples_{sampler.replace(' ', '-').lower()}_seed{seed}_{steps}steps.png"
+                path = save_png(out["images"], name)
+                stopped = item.step < item.num_steps
+                if stopped:
+                    text = (
+                        f"Stopped at step {item.step} / {item.num_steps} (t = {item.timestep}) after {elapsed:.1f} s"
+                    )
+                else:
+                    text = (
+                        f"Done: {item.num_steps} steps of {sampler}, {batch_size} image(s), seed {seed}, "
+                        f"{elapsed:.1f} s"
+                    )
+                if out["trajectory_steps"]:
+                    shown = ", ".join(str(k) for k in out["trajectory_steps"])
+                    text += f". Trajectory: {out['trajectory_label']} at steps {shown}"
+                text += f". Model: {summary}."
+                status = status_html("stopped" if stopped else "done", text, item.step, item.num_steps)
+                yield out["xt"], out["x0"], out["images"], out["trajectory"], path, status
+    finally:
+        previews.close()
+        RUNS.remove(session, run)
+
+
+def stop(request: gr.Request = None) -> str:
+    """Stops this session's sampling runs at their next step (their last images are kept)."""
+    count = RUNS.stop(_session(request))
+    return f"Stop requested ({count} run{'s' if count != 1 else ''})." if count else "Nothing is running."
+
+
+def model_info(model: str, steps: float, timestep: float, nll_steps: float):
+    """Loads the model (cached) and fits the step and timestep sliders to its T; clamps values only when above."""
+    with user_errors("Loading the model"):
+        pipe = CACHE.get(model)
+        num_train = pipe.scheduler.config.num_train_timesteps
+        summary = support.model_summary(pipe)
+
+    def fit(value: float, maximum: int):
+        return (
+            gr.update(maximum=maximum)
+            if value is None or value <= maximum
+            else gr.update(maximum=maximum, value=maximum)
+        )
+
+    return (
+        f"**Model:** {html.escape(summary)}",
+        fit(steps, min(num_train, support.MAX_STEPS)),
+        fit(timestep, num_train - 1),
+        fit(nll_steps, num_train),
+    )
+
+
+def random_seed() -> int:
+    return random.randint(0, MAX_SEED)
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+def digits_input(pipe, indices: list[int], upload: str | None):
+    """The clean images (pipeline size, [-1, 1]) from an upload or held-out digits, with a caption."""
+    if upload:
+        image = support.load_image_file(upload)
+        return support.to_model_input([image], pipe), f"uploaded {os.path.basename(upload)}"
+    digits = support.digits_by_index(indices)
+    shown = f"{indices[0]}" if len(indices) == 1 else f"{indices[0]}..{indices[-1]}"
+    return support.to_model_input(list(digits), pipe), f"held-out MNIST digit {shown}"
+
+
+# ---------------------------------------------------------------------------------------------------- forward
+def snr_figure(snr: np.ndarray, timestep: int) -> Figure:
+    fig = Figure(figsize=(5, 3), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    ax.semilogy(np.arange(len(snr)), snr, color="tab:blue", label="SNR(t) = ᾱ_t / (1 − ᾱ_t)")
+    ax.axvline(timestep, color="tab:red", linestyle="--", linewidth=1)
+    ax.plot([timestep], [snr[timestep]], "o", color="tab:red", label=f"t = {timestep}: {snr[timestep]:.3g}")
+    ax.set_xlabel("timestep t")
+    ax.set_ylabel("signal-to-noise ratio")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def forward_process(model: str, digit_index: float, upload: str | None, timestep: float, seed: float):
+    """q(x_t | x_0), Ho (4), for a held-out digit or an upload, with the schedule's SNR curve marking t."""
+    digit_index = check_int("digit index", digit_index, 0, 10**6)
+    timestep = check_int("t", timestep, 0, support.MAX_STEPS)
+    seed = check_int("seed", seed, 0, MAX_SEED)
+    with user_errors("The forward process"):
+        pipe = CACHE.get(model)
+        x0, caption = digits_input(pipe, [digit_index], upload)
+        out = support.forward_process(pipe, x0, timestep, seed)
+        snr = support.signal_to_noise_ratio(pipe.scheduler)
+    latents = None if out["latents"] is None else support.make_grid(out["latents"], target_size=PREVIEW_SIZE)
+    info = (
+        f"x_0: {caption}. x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε at t = {timestep}: ᾱ_t = {out['alpha_bar']:.4g}, "
+        f"SNR = {out['snr']:.4g}"
+        + (
+            " (the latent model diffuses z_0 = s·E(x_0); x_t shown decoded, noisy latent channels beside)."
+            if latents is not None
+            else "."
+        )
+    )
+    return grid(out["x0"]), grid(out["xt"]), latents, snr_figure(snr, timestep), info
+
+
+# ---------------------------------------------------------------------------------------------------- likelihood
+def likelihood_figure(result, strided: bool) -> Figure:
+    per_step = result.timestep_bpd.float().mean(0).cpu().numpy()  # (n_steps,)
+    timesteps = np.asarray(result.timesteps.cpu() if hasattr(result.timesteps, "cpu") else result.timesteps)
+    prior = float(result.prior_bpd.float().mean())
+    decoder = float(result.decoder_bpd.float().mean())
+    fig = Figure(figsize=(6, 3.2), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(timesteps, per_step, ".-", color="tab:blue", label="KL terms L_{t-1} (per step)")
+    ax.plot([0], [decoder], "s", color="tab:green", label=f"decoder L_0: {decoder:.3g}")
+    top = int(max(timesteps.max(), 0)) + 1 if len(timesteps) else 1
+    ax.plot([top], [max(prior, 1e-12)], "^", color="tab:red", label=f"prior L_T: {prior:.2g}")
+    if np.all(per_step > 0) and decoder > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("timestep t" + (" (strided chain)" if strided else ""))
+    ax.set_ylabel("bits / dim (mean over images)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def likelihood_table(columns: dict[str, object], count: int) -> str:
+    """A markdown table: one row per image, one column per term (bits/dim)."""
+    head = "| image | " + " | ".join(columns) + " |\n|" + "---|" * (len(columns) + 1) + "\n"
+    rows = [f"| {i} | " + " | ".join(f"{float(v[i]):.3f}" for v in columns.values()) + " |" for i in range(count)]
+    return head + "\n".join(rows)
+
+
+def likelihood_summary(result, caption: str, elapsed: float) -> str:
+    count = len(result.bpd)
+    # the chain's last step is the decoder term, the others are KL terms
+    chain = f"{result.timestep_bpd.shape[1] + 1}-step {'strided' if result.strided else 'full'} chain"
+    text = f"**{float(result.bpd.float().mean()):.3f} bits/dim** (mean over {count} image(s): {caption}; {chain}; {elapsed:.1f} s)."
+    diffusion = {
+        "prior L_T": result.prior_bpd,
+        "KL terms": result.timestep_bpd.sum(1),
+        "decoder L_0": result.decoder_bpd,
+    }
+    if getattr(result, "reconstruction_bpd", None) is None:
+        return text + "\n\n" + likelihood_table({"bits/dim": result.bpd, **diffusion}, count)
+    latent = {
+        "bits/dim": result.bpd,
+        "−log p(x | z)": result.reconstruction_bpd,
+        "log q(z | x)": result.posterior_log_prob_bpd,
+        "−log p(z_0) bound": result.latent_prior_bpd,
+        "−d log s": result.log_scale_bpd,
+    }
+    return (
+        text
+        + " Latent model (LSGM bound, MATH.md section 4): the VAE's terms plus the diffusion bound on z_0, whose "
+        + "terms the plot shows.\n\n"
+        + likelihood_table(latent, count)
+        + "\n\nThe diffusion bound on −log p(z_0):\n\n"
+        + likelihood_table(diffusion, count)
+        + (f"\n\n{html.escape(result.note)}" if getattr(result, "note", "") else "")
+    )
+
+
+def likelihood(
+    model: str,
+    first_index: float,
+    count: float,
+    upload: str | None,
+    num_timesteps: float,
+    full_chain: bool,
+    seed: float,
+):
+    """Bits/dim (the ELBO of MATH.md section 3) of held-out digits or an upload, and where the bits go."""
+    first_index = check_int("first digit", first_index, 0, 10**6)
+    count = check_int("number of digits", count, 1, MAX_LIKELIHOOD_DIGITS)
+    num_timesteps = check_int("timesteps", num_timesteps, 1, support.MAX_STEPS)
+    seed = check_int("seed", seed, 0, MAX_SEED)
+    with user_errors("The likelihood"):
+        pipe = CACHE.get(model)
+        x0, caption = digits_input(pipe, list(range(first_index, first_index + count)), upload)
+        start = time.perf_counter()
+        result = support.likelihood(pipe, x0, None if full_chain else num_timesteps, seed)
+        elapsed = time.perf_counter() - start
+        strided = bool(result.strided)
+        summary = likelihood_summary(result, caption, elapsed)
+        figure = likelihood_figure(result, strided)
+    return grid(support.images_to_uint8((x0 / 2 + 0.5).clamp(0, 1))), summary, figure
+
+
+# ---------------------------------------------------------------------------------------------------- latent
+def latent_space(model: str, digit_index: float, upload: str | None):
+    """The VAE of a latent model: a digit, its reconstruction and its latent channels."""
+    digit_index = check_int("digit index", digit_index, 0, 10**6)
+    with user_errors("The latent view"):
+        pipe = CACHE.get(model)
+        x0, caption = digits_input(pipe, [digit_index], upload)
+        out = support.encode_decode(pipe, x0)
+    z0 = out["z0"]
+    info = (
+        f"{caption}: latents z_0 = s·E(x) of shape {tuple(z0.shape[1:])}, s = {pipe.vae.config.scaling_factor:.4g}, "
+        f"std(z_0) = {out['std']:.3f} (each channel stretched to black..white for display)."
+    )
+    return (
+        grid(out["x0"]),
+        grid(out["reconstruction"]),
+        support.make_grid(out["latents"], target_size=PREVIEW_SIZE),
+        info,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- layout
+CSS = """
+.ddpm-status { font-size: 0.95rem; }
+.ddpm-status progress { width: 12rem; vertical-align: middle; margin-right: 0.5rem; }
+.pixelated img { image-rendering: pixelated; }
+"""
+
+
+def _image(label: str, elem_id: str | None = None, height: int | None = PREVIEW_SIZE + 16) -> gr.Image:
+    return gr.Image(
+        label=label,
+        type="numpy",
+        format="png",
+        interactive=False,
+        elem_id=elem_id,
+        elem_classes=["pixelated"],
+        height=height,
+    )
+
+
+def _digit_picker(prefix: str, default: int = 0):
+    with gr.Row():
+        index = gr.Slider(0, 499, value=default, step=1, label="Held-out MNIST digit #", elem_id=f"{prefix}_digit")
+        shuffle = gr.Button("Random digit", scale=0, min_width=130)
+    upload = image_upload(label="…or upload an image", height=140)
+    shuffle.click(lambda: random.randint(0, 499), None, index, queue=False, api_visibility="private")
+    return index, upload
+
+
+def build_demo(default_model: str | None = None) -> gr.Blocks:
+    """The app's Blocks; `default_model` (else `$DDPM_APP_MODEL`, else the bundled latent model) is preselected."""
+    default_model = default_model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    choices = list(MODEL_CHOICES)
+    if default_model not in [value for _, value in choices]:
+        choices.insert(0, (default_model, default_model))
+    heavy = {"concurrency_id": "model"}  # all model work shares one concurrency limit
+
+    with gr.Blocks(
+        title="DDPM: watch an image emerge from noise", analytics_enabled=False, delete_cache=(3600, 3600)
+    ) as demo:
+        gr.Markdown(INTRO)
+        model = gr.Dropdown(
+            choices=choices,
+            value=default_model,
+            allow_custom_value=True,
+            label="Model",
+            info=MODEL_HELP,
+            elem_id="model",
+        )
+        model_md = gr.Markdown("Model: loads on first use.", elem_id="model_info")
+        with gr.Tabs():
+            with gr.Tab("Sample", id="sample"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=280):
+                        sampler = gr.Radio(list(support.SAMPLERS), value="DDPM ancestral", label="Sampler")
+                        steps = gr.Slider(1, support.MAX_STEPS, value=50, step=1, label="Steps", elem_id="steps")
+                        with gr.Row():
+                            seed = gr.Number(
+                                value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="seed"
+                            )
+                            shuffle_seed = gr.Button("Random", scale=0, min_width=80, elem_id="random_seed")
+                        batch_size = gr.Slider(
+                            1, support.MAX_BATCH_SIZE, value=4, step=1, label="Batch size", elem_id="batch_size"
+                        )
+                        preview_every = gr.Slider(
+                            0,
+                            100,
+                            value=1,
+                            step=1,
+                            label="Preview every … steps",
+                            info="0: only the final images",
+                            elem_id="preview_every",
+                        )
+                        with gr.Row():
+                            generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                            stop_button = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
+                        stop_info = gr.Markdown(elem_id="stop_info")
+                    with gr.Column(scale=2):
+                        status = gr.HTML(status_html("idle", "Press Generate."), elem_id="status")
+                        with gr.Row():
+                            xt_image = _image("x_t (latent model: the channels of z_t)", "xt")
+                            x0_image = _image("x̂_0: the model's guess of the clean image", "x0")
+                        final_image = _image("Final images", "final", height=None)
+                        strip_image = _image("Trajectory (first image)", "trajectory", height=None)
+                        download = gr.File(label="Download the grid (PNG)", interactive=False, elem_id="download")
+            with gr.Tab("Forward process", id="forward"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=280):
+                        fwd_digit, fwd_upload = _digit_picker("forward")
+                        fwd_t = gr.Slider(0, support.MAX_STEPS - 1, value=250, step=1, label="t", elem_id="forward_t")
+                        fwd_seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Noise seed")
+                        fwd_button = gr.Button("Add noise", variant="primary")
+                    with gr.Column(scale=2):
+                        with gr.Row():
+                            fwd_x0 = _image("x_0")
+                            fwd_xt = _image("x_t ~ q(x_t | x_0)", "forward_xt")
+                            fwd_latents = _image("Noisy latent channels z_t (latent model)", height=None)
+                        fwd_plot = gr.Plot(label="Signal-to-noise ratio of the schedule")
+                        fwd_info = gr.Markdown()
+            with gr.Tab("Likelihood", id="likelihood"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=280):
+                        nll_first = gr.Slider(0, 499, value=0, step=1, label="First held-out digit #")
+                        nll_count = gr.Slider(1, MAX_LIKELIHOOD_DIGITS, value=4, step=1, label="Number of digits")
+                        nll_upload = image_upload(label="…or upload an image", height=140)
+                        nll_steps = gr.Slider(
+                            1,
+                            support.MAX_STEPS,
+                            value=100,
+                            step=1,
+                            label="Timesteps evaluated (strided chain)",
+                            info="fewer is faster; a strided chain bounds a respaced model",
+                        )
+                        nll_full = gr.Checkbox(value=False, label="Full chain (all T timesteps; slow on CPU)")
+                        nll_seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+                        nll_button = gr.Button("Compute bits/dim", variant="primary")
+                    with gr.Column(scale=2):
+                        nll_images = _image("Images evaluated", height=None)
+                        nll_summary = gr.Markdown()
+                        nll_plot = gr.Plot(label="Where the bits go")
+            with gr.Tab("Latent space", id="latent"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=280):
+                        lat_digit, lat_upload = _digit_picker("latent")
+                        lat_button = gr.Button("Encode and decode", variant="primary")
+                    with gr.Column(scale=2):
+                        with gr.Row():
+                            lat_x0 = _image("x")
+                            lat_recon = _image("Reconstruction decoder(z_0 / s)")
+                        lat_channels = _image("Latent channels of z_0", height=None)
+                        lat_info = gr.Markdown()
+
+        # ---- events
+        limits = [model_md, steps, fwd_t, nll_steps]
+        for trigger in (demo.load, model.change):
+            trigger(model_info, [model, steps, fwd_t, nll_steps], limits, api_visibility="private", **heavy)
+        shuffle_seed.click(random_seed, None, seed, queue=False, api_visibility="private")
+        started = generate.click(
+            lambda: (gr.update(interactive=False), gr.update(interactive=True), ""),
+            None,
+            [generate, stop_button, stop_info],
+            queue=False,
+            api_visibility="private",
+        )
+        sampling = started.then(
+            sample,
+            [model, sampler, steps, seed, batch_size, preview_every],
+            [xt_image, x0_image, final_image, strip_image, download, status],
+            api_name="sample",
+            show_progress="minimal",
+            **heavy,
+        )
+        sampling.then(
+            lambda: (gr.update(interactive=True), gr.update(interactive=False)),
+            None,
+            [generate, stop_button],
+            queue=False,
+            api_visibility="private",
+        )
+        stop_button.click(stop, None, stop_info, api_name="stop", queue=False)
+
+        fwd_inputs = [model, fwd_digit, fwd_upload, fwd_t, fwd_seed]
+        fwd_outputs = [fwd_x0, fwd_xt, fwd_latents, fwd_plot, fwd_info]
+        fwd_button.click(forward_process, fwd_inputs, fwd_outputs, api_name="forward_process", **heavy)
+        for trigger in (fwd_t.release, fwd_digit.release, fwd_upload.upload):
+            trigger(
+                forward_process, fwd_inputs, fwd_outputs, api_visibility="private", trigger_mode="always_last", **heavy
+            )
+
+        nll_button.click(
+            likelihood,
+            [model, nll_first, nll_count, nll_upload, nll_steps, nll_full, nll_seed],
+            [nll_images, nll_summary, nll_plot],
+            api_name="likelihood",
+            **heavy,
+        )
+        lat_button.click(
+            latent_space,
+            [model, lat_digit, lat_upload],
+            [lat_x0, lat_recon, lat_channels, lat_info],
+            api_name="latent_space",
+            **heavy,
+        )
+    return demo
+
+
+def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, **kwargs):
+    """Queues (bounded, `CONCURRENCY_LIMIT` model runs at once) and launches `demo`."""
+    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE)
+    return demo.launch(server_name=host, server_port=port, css=CSS, footer_links=["api", "settings"], **kwargs)
+
+
+demo = build_demo()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="DDPM step-by-step sampling app (Gradio).")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"preselected model: bundled:latent, bundled:pixel, a folder or a Hub id (${MODEL_ENV})",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    app = build_demo(args.model) if args.model else demo
+    launch(app, host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()

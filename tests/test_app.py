@@ -1,0 +1,364 @@
+# Copyright 2026 The ddpm_plugin authors. Apache-2.0.
+"""The Gradio app (`app.py`) through its API: `gradio_client` against the app launched in-process on a free port,
+with tiny random pipelines saved to a temporary folder (no trained weights, no network)."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client")
+import gradio  # noqa: E402
+from diffusers import AutoencoderKL  # noqa: E402
+from gradio_client import Client, handle_file  # noqa: E402
+
+from ddpm_plugin import DDPMUNet2DModel, GaussianDDPMScheduler, LatentDDPMPipeline, PixelDDPMPipeline  # noqa: E402
+from ddpm_plugin import app_support as support  # noqa: E402
+
+
+def tiny_unet(in_channels: int = 1) -> DDPMUNet2DModel:
+    return DDPMUNet2DModel(
+        sample_size=8,
+        in_channels=in_channels,
+        model_channels=16,
+        channel_mult=(1, 2),
+        layers_per_block=1,
+        attention_resolutions=(4,),
+        norm_num_groups=4,
+    )
+
+
+def save_tiny_pipelines(root, long_num_train_timesteps: int = 1000) -> dict[str, str]:
+    """Tiny random pixel and latent pipelines (T = 50) and a pixel one with a long chain, saved under `root`."""
+    torch.manual_seed(0)
+    folders = {}
+    pixel = PixelDDPMPipeline(unet=tiny_unet(), scheduler=GaussianDDPMScheduler(num_train_timesteps=50))
+    folders["pixel"] = str(root / "pixel")
+    pixel.save_pretrained(folders["pixel"])
+    vae = AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=2,
+        norm_num_groups=4,
+        sample_size=16,
+    )
+    latent = LatentDDPMPipeline(vae=vae, unet=tiny_unet(2), scheduler=GaussianDDPMScheduler(num_train_timesteps=50))
+    folders["latent"] = str(root / "latent")
+    latent.save_pretrained(folders["latent"])
+    long = PixelDDPMPipeline(
+        unet=tiny_unet(), scheduler=GaussianDDPMScheduler(num_train_timesteps=long_num_train_timesteps)
+    )
+    folders["long"] = str(root / "long")
+    long.save_pretrained(folders["long"])
+    return folders
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return save_tiny_pipelines(tmp_path_factory.mktemp("app_models"))
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    """The app on a free port (offline Hub), with the tiny pixel model preselected; yields (app module, url)."""
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import app
+
+    demo = app.build_demo(default_model=models["pixel"])
+    port = free_port()
+    app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield app, f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server[1], verbose=False)
+
+
+def read_png(path: str) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image).copy()
+
+
+def reference_grid(folder: str, seed: int, steps: int, batch_size: int) -> np.ndarray:
+    """The final grid the app should show, computed with the library directly."""
+    pipe = PixelDDPMPipeline.from_pretrained(folder)
+    images = pipe(
+        batch_size=batch_size,
+        generator=torch.Generator().manual_seed(seed),
+        num_inference_steps=steps,
+        output_type="np",
+    ).images
+    return support.make_grid(support.images_to_uint8(images), target_size=256)
+
+
+def sample_args(model: str, seed: int = 0, steps: int = 10, batch_size: int = 2, preview_every: int = 3, sampler=None):
+    return dict(
+        model=model,
+        sampler=sampler or "DDPM ancestral",
+        steps=steps,
+        seed=seed,
+        batch_size=batch_size,
+        preview_every=preview_every,
+        api_name="/sample",
+    )
+
+
+def test_named_endpoints(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/sample", "/stop", "/forward_process", "/likelihood", "/latent_space"} <= set(endpoints)
+    params = [p["parameter_name"] for p in endpoints["/sample"]["parameters"]]
+    assert params == ["model", "sampler", "steps", "seed", "batch_size", "preview_every"]
+
+
+def test_sample_streams_previews_and_final_grid(client, models):
+    job = client.submit(**sample_args(models["pixel"], seed=3, steps=10, batch_size=2, preview_every=3))
+    final = job.result(timeout=120)
+    outputs = job.outputs()
+    # the pipeline yields ceil(n / preview_every) items, the last one final; the app streams one update per item
+    assert len(outputs) == math.ceil(10 / 3) == 4
+    for xt, x0, grid, strip, download, status in outputs[:-1]:
+        assert xt and x0 and grid is None and strip is None and download is None
+        assert "Step" in status and "/ 10" in status
+    xt_frames = [read_png(o[0]) for o in outputs]
+    assert any(not np.array_equal(xt_frames[0], f) for f in xt_frames[1:])  # the preview changes
+    xt, x0, grid, strip, download, status = final
+    assert "Done" in status and 'data-state="done"' in status
+    shown = read_png(grid)
+    np.testing.assert_array_equal(shown, reference_grid(models["pixel"], seed=3, steps=10, batch_size=2))
+    np.testing.assert_array_equal(read_png(download), shown)
+    assert download.endswith(".png")
+    assert read_png(strip).ndim == 2 and read_png(strip).shape[1] > read_png(strip).shape[0]  # a horizontal strip
+
+
+def test_no_previews_gives_one_update(client, models):
+    job = client.submit(**sample_args(models["pixel"], steps=5, preview_every=0))
+    final = job.result(timeout=120)
+    assert len(job.outputs()) == 1 and final[2] is not None and "Done" in final[5]
+
+
+def test_same_seed_same_images_other_seed_differs(client, models):
+    a = read_png(client.predict(**sample_args(models["latent"], seed=11, steps=6, batch_size=3))[2])
+    b = read_png(client.predict(**sample_args(models["latent"], seed=11, steps=6, batch_size=3))[2])
+    c = read_png(client.predict(**sample_args(models["latent"], seed=12, steps=6, batch_size=3))[2])
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "DPM-Solver"])
+def test_other_samplers(client, models, sampler):
+    job = client.submit(**sample_args(models["pixel"], steps=8, preview_every=2, sampler=sampler))
+    final = job.result(timeout=120)
+    assert len(job.outputs()) == 4 and "Done" in final[5] and sampler in final[5]
+
+
+def test_stop_keeps_what_was_made(client, models):
+    job = client.submit(**sample_args(models["long"], steps=1000, batch_size=1, preview_every=1))
+    deadline = time.monotonic() + 60
+    while len(job.outputs()) < 2 and time.monotonic() < deadline and not job.done():
+        time.sleep(0.02)
+    assert "Stop requested (1 run)" in client.predict(api_name="/stop")
+    xt, x0, grid, strip, download, status = job.result(timeout=60)
+    assert 'data-state="stopped"' in status and "Stopped at step" in status
+    stopped_at = int(status.split("Stopped at step ")[1].split(" /")[0])
+    assert 2 <= stopped_at < 1000
+    assert grid is not None and download is not None  # the current sample is kept
+    assert "Nothing is running" in client.predict(api_name="/stop")
+
+
+def test_two_clients_at_once_both_finish(server, models):
+    url = server[1]
+    clients = [Client(url, verbose=False), Client(url, verbose=False)]
+    jobs = [
+        c.submit(**sample_args(models["pixel"], seed=s, steps=30, preview_every=1)) for c, s in zip(clients, (21, 22))
+    ]
+    results = [j.result(timeout=120) for j in jobs]
+    for job, result, seed in zip(jobs, results, (21, 22)):
+        assert len(job.outputs()) == 30 and "Done" in result[5]
+        np.testing.assert_array_equal(
+            read_png(result[2]), reference_grid(models["pixel"], seed, steps=30, batch_size=2)
+        )
+
+
+def test_model_cache_loads_each_model_once(server, client, models):
+    app = server[0]
+    for model in (models["pixel"], models["latent"], models["pixel"], models["latent"]):
+        client.predict(**sample_args(model, steps=2, preview_every=0))
+    counts = app.CACHE.load_counts
+    assert counts[os.path.realpath(models["pixel"])] == 1
+    assert counts[os.path.realpath(models["latent"])] == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": "missing"}, "neither an existing folder nor a Hub id"),
+        ({"model": "someone/some-ddpm"}, "offline"),
+        ({"model": "EMPTY"}, "is not a pipeline folder"),
+        ({"steps": 60}, "steps=60 is more than this model's 50 diffusion steps"),
+        ({"steps": 5000}, "greater than maximum value 1000"),
+        ({"batch_size": 0}, "less than minimum value 1"),
+        ({"batch_size": 17}, "greater than maximum value 16"),
+        ({"sampler": "Euler"}, "Euler"),
+    ],
+)
+def test_bad_sample_input_is_a_named_error(client, models, tmp_path, change, message):
+    args = sample_args(models["pixel"], steps=5)
+    args.update(change)
+    if args["model"] == "EMPTY":
+        args["model"] = str(tmp_path)
+    with pytest.raises(Exception, match=message) as info:
+        client.predict(**args)
+    assert "Traceback" not in str(info.value)
+
+
+def test_forward_process(client, models):
+    x0, xt, latents, plot, info = client.predict(
+        model=models["pixel"], digit_index=3, upload=None, timestep=20, seed=0, api_name="/forward_process"
+    )
+    assert read_png(x0).shape == read_png(xt).shape and not np.array_equal(read_png(x0), read_png(xt))
+    assert latents is None and plot is not None and "t = 20" in info
+    with pytest.raises(Exception, match="t=50 is out of range; this model's timesteps are 0..49"):
+        client.predict(
+            model=models["pixel"], digit_index=3, upload=None, timestep=50, seed=0, api_name="/forward_process"
+        )
+    *_, latents, _, info = client.predict(
+        model=models["latent"], digit_index=3, upload=None, timestep=10, seed=0, api_name="/forward_process"
+    )
+    assert latents is not None and "latent" in info
+
+
+def test_upload_that_is_not_an_image(client, models, tmp_path):
+    fake = tmp_path / "digit.png"
+    fake.write_text("this is not a picture")
+    with pytest.raises(Exception, match="'digit.png' is not an image"):
+        client.predict(
+            model=models["pixel"],
+            digit_index=0,
+            upload=handle_file(str(fake)),
+            timestep=5,
+            seed=0,
+            api_name="/forward_process",
+        )
+    real = tmp_path / "three.png"
+    Image.fromarray(np.tile(np.arange(28, dtype=np.uint8) * 9, (28, 1))).save(real)
+    x0, *_, info = client.predict(
+        model=models["pixel"],
+        digit_index=0,
+        upload=handle_file(str(real)),
+        timestep=5,
+        seed=0,
+        api_name="/forward_process",
+    )
+    assert "uploaded three.png" in info
+
+
+@pytest.mark.parametrize("kind", ["pixel", "latent"])
+def test_likelihood(client, models, kind):
+    images, summary, plot = client.predict(
+        model=models[kind],
+        first_index=0,
+        count=2,
+        upload=None,
+        num_timesteps=5,
+        full_chain=False,
+        seed=0,
+        api_name="/likelihood",
+    )
+    assert "bits/dim" in summary and "5-step strided chain" in summary and plot is not None
+    bpd = float(summary.split("**")[1].split(" ")[0])
+    assert math.isfinite(bpd)
+    assert ("−log p(x | z)" in summary) == (kind == "latent")  # the latent bound's VAE terms
+
+
+def test_latent_space(client, models):
+    x0, recon, channels, info = client.predict(
+        model=models["latent"], digit_index=1, upload=None, api_name="/latent_space"
+    )
+    assert read_png(x0).shape == read_png(recon).shape
+    assert read_png(channels).shape[1] > read_png(channels).shape[0]  # 2 channels side by side
+    assert "(2, 8, 8)" in info
+    with pytest.raises(Exception, match="needs a latent model"):
+        client.predict(model=models["pixel"], digit_index=1, upload=None, api_name="/latent_space")
+
+
+def test_import_has_no_side_effects(server):
+    """Importing app.py (as Spaces does) builds `demo` but loads no model, starts no server and writes no file."""
+    app = server[0]
+    assert isinstance(app.demo, gradio.Blocks) and not app.demo.is_running  # the tests launched their own Blocks
+    assert not any(key.startswith("bundled:") for key in app.CACHE.load_counts)  # the default model was never loaded
+    assert not os.path.exists(os.path.splitext(app.__file__)[0] + ".pyi")  # gradio writes one for component subclasses
+
+
+def test_make_grid_tiles_and_upscales_with_nearest_neighbour():
+    images = np.arange(4 * 8 * 8, dtype=np.uint8).reshape(4, 8, 8, 1)
+    grid = support.make_grid(images, target_size=256)  # 2x2 tiles with a 1-pixel border: 17x17, upscaled 15x
+    assert grid.shape == (255, 255)
+    np.testing.assert_array_equal(grid[::15, ::15][:8, :8], images[0, :, :, 0])
+    np.testing.assert_array_equal(grid[::15, ::15][9:, 9:], images[3, :, :, 0])
+    assert (grid[::15, ::15][8] == 128).all()  # the grey border
+    block = grid[:15, :15]
+    assert (block == images[0, 0, 0, 0]).all()  # one source pixel -> one uniform 15x15 block
+    rgb = support.make_grid(np.zeros((3, 28, 28, 3), np.uint8), target_size=256)
+    assert rgb.shape == (57 * 4, 57 * 4, 3)
+    latents = support.make_grid(np.zeros((2, 7, 7, 4), np.uint8), target_size=64)  # 4 channels: a tile each
+    assert latents.shape == (15 * 2, 31 * 2)
+
+
+def test_latent_previews_keep_the_decoder_within_budget():
+    """With a decoder 5x slower than a step, previews every step decode x0_hat in at most ~10% of the time."""
+    from types import SimpleNamespace
+
+    from ddpm_plugin.pipelines import DDPMPreview
+
+    clock = SimpleNamespace(now=0.0)
+    renderer = support.PreviewRenderer(SimpleNamespace(vae=object()), budget=0.1, clock=lambda: clock.now)
+    assert renderer.output_type == "latent"
+
+    def slow_decode(latents):
+        clock.now += 0.5  # one decoder call: 0.5 s
+        return np.zeros((latents.shape[0], 28, 28, 1), np.uint8)
+
+    renderer._decode = slow_decode
+    x0_grids = []
+    for step in range(1, 301):
+        clock.now += 0.1  # one denoising step: 0.1 s
+        z = torch.randn(2, 4, 7, 7)
+        xt, x0 = renderer.preview(
+            DDPMPreview(step=step, num_steps=300, timestep=300 - step, sample=z, pred_original_sample=z)
+        )
+        assert xt.dtype == np.uint8 and x0 is not None
+        x0_grids.append(x0)
+    sampling = clock.now - renderer.decode_seconds
+    assert 2 <= renderer.decoded_previews < 10  # about every 100th step, not every step
+    assert renderer.decode_seconds <= 0.1 * sampling + 0.5  # the budget, give or take the first decode
+    assert len(renderer.frames) == renderer.decoded_previews  # the strip reuses the decoded previews
+    final = renderer.final(
+        DDPMPreview(step=300, num_steps=300, timestep=0, sample=z, pred_original_sample=z, final=True, images=z)
+    )
+    assert final["images"].shape == final["x0"].shape
+    assert final["trajectory_steps"][0] == 1 and len(final["trajectory_steps"]) == renderer.decoded_previews
