@@ -318,10 +318,16 @@ def test_resume_is_exact(tmp_path):
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    train(tiny(tmp_path / "split", max_train_steps=3, **common))
+    train(tiny(tmp_path / "split", max_train_steps=3, **common), argv=["ddpm-train", "--first"])
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    resumed = train(tiny(tmp_path / "split", max_train_steps=6, resume="latest", **common))
+    resumed = train(
+        tiny(tmp_path / "split", max_train_steps=6, resume="latest", **common), argv=["ddpm-train", "--then"]
+    )
+    # the model card and training_config.json keep both commands, in order
+    recorded = json.loads((tmp_path / "split" / "training_config.json").read_text())
+    assert recorded["commands"] == ["ddpm-train --first", "ddpm-train --then"]
+    assert "ddpm-train --first\nddpm-train --then" in (tmp_path / "split" / "hub" / "README.md").read_text()
     assert full.global_step == resumed.global_step == 6
     a = checkpoint_tensors(tmp_path / "full" / "checkpoints" / "checkpoint-6")
     b = checkpoint_tensors(tmp_path / "split" / "checkpoints" / "checkpoint-6")

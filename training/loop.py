@@ -429,8 +429,19 @@ def train(config: TrainingConfig, argv: list[str] | None = None) -> TrainResult:
     if accelerator.is_main_process:
         remove_incomplete(checkpoint_root)
         output_dir.mkdir(parents=True, exist_ok=True)
-        with open(output_dir / "training_config.json", "w", encoding="utf-8") as f:
-            json.dump({"command": command, "config": config.to_dict()}, f, indent=2)
+        # a resumed run keeps the commands that brought it here: the model card shows them all, in order
+        commands = [command]
+        previous = output_dir / "training_config.json"
+        if resume_path is not None and previous.is_file():
+            try:
+                recorded = json.loads(previous.read_text(encoding="utf-8"))
+                commands = [*recorded.get("commands", [recorded.get("command")]), command]
+            except (OSError, ValueError, AttributeError):
+                logger.warning("could not read the earlier commands from %s", previous)
+        commands = [c for c in commands if c]
+        command = "\n".join(commands)
+        with open(previous, "w", encoding="utf-8") as f:
+            json.dump({"command": commands[-1], "commands": commands, "config": config.to_dict()}, f, indent=2)
     if accelerator.is_main_process and config.report_to != "none":
         accelerator.init_trackers("train", config=_hparams(config))
 
