@@ -147,7 +147,9 @@ def sample(
 
     Yields tuples (x_t grid, x0_hat grid, final grid, trajectory strip, PNG path, status HTML), one per item of the
     pipeline's `iter_previews` (`ceil(steps / preview_every)` of them, 1 with `preview_every=0`); the last one holds
-    the final grid, the trajectory and the download, also after Stop.
+    the final grid, the trajectory and the download, also after Stop. For a latent model x_t is shown as the channels
+    of z_t and x0_hat is decoded within a time budget (`PREVIEW_BUDGET`); between decodes its output is a no-change
+    update (`gr.skip()`, `{"__type__": "update"}` for API clients).
     """
     steps = check_int("steps", steps, 1, support.MAX_STEPS)
     seed = check_int("seed", seed, 0, MAX_SEED)
@@ -173,14 +175,19 @@ def sample(
         callback_on_step_end=support.stop_callback,
     )
     start = time.perf_counter()
+    last_x0 = None
     try:
         with user_errors("Sampling"):
             for item in previews:
                 elapsed = time.perf_counter() - start
                 if not item.final:
                     xt, x0 = renderer.preview(item)
+                    # an x0_hat that was not decoded again (latent model, decoder budget) is not sent again: gradio
+                    # would rewrite its file while the browser may be reading it
+                    x0_out = gr.skip() if x0 is not None and x0 is last_x0 else x0
+                    last_x0 = x0
                     text = f"Step {item.step} / {item.num_steps} · t = {item.timestep} · {elapsed:.1f} s"
-                    yield xt, x0, None, None, None, status_html("running", text, item.step, item.num_steps)
+                    yield xt, x0_out, None, None, None, status_html("running", text, item.step, item.num_steps)
                     continue
                 out = renderer.final(item)
                 name = f"samples_{sampler.replace(' ', '-').lower()}_seed{seed}_{steps}steps.png"

@@ -2,8 +2,11 @@
 """Peak memory (CPU RSS) of sampling and training, each measurement in a fresh subprocess.
 
 A child process builds the models, records its resident set size (RSS, `/proc/self/statm`) once set up, runs the
-measurement and reports `resource.getrusage(RUSAGE_SELF).ru_maxrss`, the peak RSS of its whole life. "Working" memory
-is the peak minus the RSS after setup (imports, weights). Also checks that sampling memory does not grow with the
+measurement and reports its peak RSS: `VmHWM` of `/proc/self/status` (the high-water mark of the child's own address
+space). Not `resource.getrusage(RUSAGE_SELF).ru_maxrss`: on Linux that also holds the RSS of the process image the
+child was forked from (the kernel carries the pre-exec high-water mark over exec), i.e. the parent's RSS at spawn time;
+a child of a 1 GB parent that touches 14 MB reports ru_maxrss 967 MB and VmHWM 14 MB. ru_maxrss is the fallback where
+/proc is missing. "Working" memory is the peak minus the RSS after setup (imports, weights). Also checks that sampling memory does not grow with the
 number of steps: the same sampling run with 10 and with 100 steps must peak at the same RSS within a few MB.
 
     python benchmarks/bench_memory.py [--quick] [--skip-256]
@@ -33,6 +36,14 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
+    """Peak RSS of this process's own address space (VmHWM), MiB."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -146,7 +157,7 @@ def bench_memory(
             {"model": "ddpm256", "task": "train", "batch_size": 1, "steps": 1},
         ]
     # one child runs the short chain and then the long one: if memory grew with the steps, the long run would
-    # raise the peak (ru_maxrss) above the one reached after the short run
+    # raise the peak (VmHWM) above the one reached after the short run
     flat = {"model": "pixel", "task": "sample", "batch_size": flat_batch, "steps": list(flat_steps)}
     for spec in [*specs, flat]:
         spec["threads"] = threads

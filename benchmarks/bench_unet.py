@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -270,6 +273,30 @@ def bench_compile(model: str = "latent", batch_size: int = 1, repeats: int = 15)
     ]
 
 
+def start_compile_subprocess(model: str = "latent", batch_size: int = 1, repeats: int = 15):
+    """
+    Starts `bench_compile` in a fresh interpreter (so that it can run beside measurements that do not time anything,
+    such as the memory subprocesses); returns a function that waits for it and returns its rows.
+    """
+    cmd = [sys.executable, os.path.abspath(__file__), "--compile-child", f"{model},{batch_size},{repeats}"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    what = f"`torch.compile(unet)`, {model} UNet, batch {batch_size}, fp32"
+
+    def finish(timeout: float = 1800) -> list[Row]:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return [_failed_compile_row(what, f"did not finish within {timeout:.0f} s")]
+        lines = [line for line in out.splitlines() if line.startswith("ROWS ")]
+        if proc.returncode != 0 or not lines:
+            return [_failed_compile_row(what, f"subprocess failed: {(err.strip().splitlines() or ['?'])[-1][:200]}")]
+        return [Row(**row) for row in json.loads(lines[-1][len("ROWS ") :])]
+
+    return finish
+
+
 def _failed_compile_row(what: str, why: str) -> Row:
     return Row(
         section="options", what=what, against="ours, eager", ours="-", reference="-", ratio="-", goal="(measure)",
@@ -282,7 +309,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--batch-size", type=int, action="append")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes)")
+    parser.add_argument("--compile-child", help=argparse.SUPPRESS)  # "model,batch_size,repeats"
     args = parser.parse_args(argv)
+    if args.compile_child:
+        model, batch_size, repeats = args.compile_child.split(",")
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+        rows = bench_compile(model, int(batch_size), int(repeats))
+        print("ROWS " + json.dumps([dataclasses.asdict(row) for row in rows]))
+        return
     batch_sizes = tuple(args.batch_size or (16, 1))
     rows = bench_unet_forward(batch_sizes=batch_sizes, repeats=args.repeats)
     rows += bench_unet_options(batch_size=batch_sizes[0], repeats=max(3, args.repeats // 2))

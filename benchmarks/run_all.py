@@ -90,7 +90,12 @@ def plan(quick: bool, include_256: bool) -> list[tuple[str, Callable[[], list[Ro
     from bench_memory import bench_memory
     from bench_sampling import bench_bits_per_dim, bench_latent_vs_pixel, bench_previews_overhead, bench_sampling_loop
     from bench_scheduler import bench_scheduler_step
-    from bench_unet import bench_compile, bench_flops, bench_unet_forward, bench_unet_options
+    from bench_unet import bench_flops, bench_unet_forward, bench_unet_options, start_compile_subprocess
+
+    def compile_rows() -> list[Row]:
+        # a fresh interpreter (empty inductor cache), with a time limit: compiling takes minutes on a loaded CPU
+        finish = start_compile_subprocess(model="latent", batch_size=1, repeats=41 if quick else 81)
+        return finish(timeout=420 if quick else 1800)
 
     r = 1 if quick else 2  # repeat multiplier
     return [
@@ -98,18 +103,18 @@ def plan(quick: bool, include_256: bool) -> list[tuple[str, Callable[[], list[Ro
         ("unet", lambda: bench_unet_forward(batch_sizes=(16, 1), repeats=11 * r)),
         ("hardware", lambda: bench_flops(batch_size=16, repeats=7 * r, matmul_size=1024 if quick else 2048)),
         ("options", lambda: bench_unet_options(batch_size=16, repeats=7 * r)),
-        ("options", lambda: bench_compile(model="latent", batch_size=1, repeats=11 * r)),
         ("sampling", lambda: bench_sampling_loop(batch_size=4, steps=10 if quick else 100, repeats=5 * r)),
         (
             "sampling",
-            lambda: bench_latent_vs_pixel(batch_size=4, steps=(5, 15) if quick else (20, 100), repeats=3 * r),
+            lambda: bench_latent_vs_pixel(batch_size=4, steps=(5, 15) if quick else (20, 100), repeats=5 * r),
         ),
-        ("previews", lambda: bench_previews_overhead(batch_size=4, steps=10 if quick else 50, repeats=3 * r)),
+        ("previews", lambda: bench_previews_overhead(batch_size=4, steps=5 if quick else 50, repeats=3 * r)),
         (
             "bpd",
             lambda: bench_bits_per_dim(batch_size=2 if quick else 4, num_timesteps=30 if quick else None, repeats=3),
         ),
-        ("training", lambda: bench_training_step(steps=1 if quick else 5, repeats=3 * r)),
+        ("training", lambda: bench_training_step(steps=1 if quick else 5, repeats=5 * r)),
+        ("options", compile_rows),
         ("memory", lambda: bench_memory(include_256=include_256, threads=torch.get_num_threads())),
     ]
 

@@ -377,11 +377,19 @@ def latents_to_uint8(latents: torch.Tensor) -> np.ndarray:
 
 def latents_to_display(latents: torch.Tensor, bound: float = 3.0) -> np.ndarray:
     """
-    Latents `(batch_size, latent_channels, height, width)` -> uint8 `(batch_size, height, width, latent_channels)` on
-    a fixed scale, [-bound, bound] -> [0, 255], so that a stream of previews shows the noise turning into structure.
+    Latents `(batch_size, latent_channels, height, width)` -> uint8 mosaics `(batch_size, rows * height,
+    cols * width, 1)`, the channels of each latent side by side in a near-square block, on a fixed scale
+    [-bound, bound] -> [0, 255] so that a stream of previews shows the noise turning into structure.
     """
     x = latents.detach().float().cpu().clamp(-bound, bound) / (2 * bound) + 0.5
-    return (x * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    x = (x * 255.0 + 0.5).to(torch.uint8)  # (B, C, h, w)
+    batch, channels, height, width = x.shape
+    cols = math.ceil(math.sqrt(channels))
+    rows = math.ceil(channels / cols)
+    if rows * cols > channels:  # pad with mid-grey channels to fill the block
+        x = torch.cat([x, torch.full((batch, rows * cols - channels, height, width), 128, dtype=torch.uint8)], 1)
+    x = x.reshape(batch, rows, cols, height, width).permute(0, 1, 3, 2, 4)  # (B, rows, h, cols, w)
+    return x.reshape(batch, rows * height, cols * width, 1).numpy()
 
 
 class PreviewRenderer:
@@ -395,7 +403,8 @@ class PreviewRenderer:
     the last x0_hat stays on screen. The final item is always decoded in full.
 
     The trajectory strip reuses what the previews made: for a pixel model the first image's x_t (top row) and x0_hat
-    (bottom row) at up to `trajectory_frames` preview steps, for a latent model its decoded x0_hat previews.
+    (bottom row) at up to `trajectory_frames` preview steps, for a latent model its decoded x0_hat previews and the
+    output.
     """
 
     def __init__(
@@ -459,21 +468,24 @@ class PreviewRenderer:
         `trajectory_label`.
         """
         if self.latent:
-            present = [z for z in (item.images, item.pred_original_sample) if z is not None]
-            decoded = self._decode(torch.cat(present))  # one decoder call
-            images = decoded[: item.images.shape[0]]
-            x0 = decoded[item.images.shape[0] :] if item.pred_original_sample is not None else None
+            z0, n = item.pred_original_sample, item.images.shape[0]
+            same = z0 is not None and torch.equal(z0, item.images)  # the last DDPM / DDIM step returns z0_hat itself
+            decoded = self._decode(item.images if z0 is None or same else torch.cat([item.images, z0]))  # one call
+            images = decoded[:n]
+            x0 = images if same else (decoded[n:] if z0 is not None else None)
         else:
             images = images_to_uint8(item.images)
             x0 = None if item.pred_original_sample is None else images_to_uint8(item.pred_original_sample)
         frames = self.frames
+        if self.latent:  # the decoded previews, then the output (decoded anyway)
+            frames = frames + [(item.step, None, images[0])]
         if len(frames) > self.trajectory_frames:
             index = np.linspace(0, len(frames) - 1, self.trajectory_frames).round().astype(int)
             frames = [frames[i] for i in sorted(set(index.tolist()))]
         strip, label = None, ""
         if frames and self.latent:
             strip = self._grid(np.stack([f[2] for f in frames]), ncols=len(frames), target_size=96 * len(frames))
-            label = "x̂_0"
+            label = "x̂_0 (last: the output)"
         elif frames:
             tiles = np.stack([f[1] for f in frames] + [f[2] for f in frames])
             strip = self._grid(tiles, ncols=len(frames), target_size=96 * len(frames))

@@ -155,6 +155,19 @@ def test_sample_streams_previews_and_final_grid(client, models):
     assert read_png(strip).ndim == 2 and read_png(strip).shape[1] > read_png(strip).shape[0]  # a horizontal strip
 
 
+def test_latent_stream_shows_z_t_channels_and_budgeted_x0(client, models):
+    job = client.submit(**sample_args(models["latent"], steps=12, batch_size=2, preview_every=1))
+    final = job.result(timeout=120)
+    outputs = job.outputs()
+    assert len(outputs) == 12
+    # x_t: the 2 latent channels of each 8x8 z_t side by side (a 16x8 mosaic per image, two images in a row)
+    assert read_png(outputs[0][0]).shape[1] > read_png(outputs[0][0]).shape[0]
+    # x0_hat: decoded at the first preview, afterwards only within the decoder's time budget (else "no change")
+    assert isinstance(outputs[0][1], str)
+    assert all(isinstance(o[1], str) or o[1] == {"__type__": "update"} for o in outputs[:-1])
+    assert read_png(final[2]).shape == (16 * 7, 33 * 7) and "Done" in final[5]  # two 16-px images in a row, 7x
+
+
 def test_no_previews_gives_one_update(client, models):
     job = client.submit(**sample_args(models["pixel"], steps=5, preview_every=0))
     final = job.result(timeout=120)
@@ -327,6 +340,12 @@ def test_make_grid_tiles_and_upscales_with_nearest_neighbour():
     assert rgb.shape == (57 * 4, 57 * 4, 3)
     latents = support.make_grid(np.zeros((2, 7, 7, 4), np.uint8), target_size=64)  # 4 channels: a tile each
     assert latents.shape == (15 * 2, 31 * 2)
+    z = torch.arange(2 * 4 * 7 * 7, dtype=torch.float32).reshape(2, 4, 7, 7) / 196 * 6 - 3  # spans [-3, 3]
+    mosaic = support.latents_to_display(z)  # the 4 channels of each latent in a 2x2 block
+    assert mosaic.shape == (2, 14, 14, 1) and mosaic.dtype == np.uint8
+    expected = ((z.clamp(-3, 3) / 6 + 0.5) * 255 + 0.5).to(torch.uint8).numpy()
+    np.testing.assert_array_equal(mosaic[1, :7, 7:, 0], expected[1, 1])  # channel 1: top right
+    np.testing.assert_array_equal(mosaic[1, 7:, :7, 0], expected[1, 2])  # channel 2: bottom left
 
 
 def test_latent_previews_keep_the_decoder_within_budget():
@@ -361,4 +380,5 @@ def test_latent_previews_keep_the_decoder_within_budget():
         DDPMPreview(step=300, num_steps=300, timestep=0, sample=z, pred_original_sample=z, final=True, images=z)
     )
     assert final["images"].shape == final["x0"].shape
-    assert final["trajectory_steps"][0] == 1 and len(final["trajectory_steps"]) == renderer.decoded_previews
+    assert final["trajectory_steps"][0] == 1 and final["trajectory_steps"][-1] == 300
+    assert len(final["trajectory_steps"]) == min(8, renderer.decoded_previews + 1)  # decoded previews + the output

@@ -141,7 +141,8 @@ def test_generate_streams_previews_then_final_grid(page):
     x0_srcs = page.evaluate("window.__srcs.x0")
     # at least three different images: the preview changed at least twice
     assert len(set(xt_srcs)) >= 3, xt_srcs
-    assert len(set(x0_srcs)) >= 3, x0_srcs
+    # x0_hat changes too (a latent model decodes it within a time budget, so at least the first and the last)
+    assert len(set(x0_srcs)) >= 2, x0_srcs
     assert "Done: 40 steps" in page.locator("#status").inner_text()
     assert page.locator("#generate").is_enabled()
     assert page.locator("#trajectory img").is_visible()

@@ -418,17 +418,24 @@ def memory_rows(bench: Bench) -> list[Row]:
             unet.train()
             size, channels = kwargs["sample_size"], kwargs["in_channels"]
             bench.peak_memory_reset()
-            for _ in range(2):
-                x0 = torch.rand(batch, channels, size, size, device=bench.device) * 2 - 1
-                noise, t = torch.randn_like(x0), torch.randint(0, 1000, (batch,), device=bench.device)
-                out = unet(scheduler.add_noise(x0, noise, t), t).sample
-                simple_loss(out, x0, noise, t, scheduler).backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            train_peak = bench.peak_memory_mb()
+            train_peak: float | str | None
+            try:
+                for _ in range(2):
+                    x0 = torch.rand(batch, channels, size, size, device=bench.device) * 2 - 1
+                    noise, t = torch.randn_like(x0), torch.randint(0, 1000, (batch,), device=bench.device)
+                    out = unet(scheduler.add_noise(x0, noise, t), t).sample
+                    simple_loss(out, x0, noise, t, scheduler).backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                train_peak = mb(bench.peak_memory_mb())
+            except Exception as error:  # noqa: BLE001 - an out-of-memory is a result here
+                if not _is_oom(error):
+                    raise
+                train_peak = "out of memory"
+                out = None
             rows.append(
                 Row("memory", f"{name}, batch {batch}", "weights", f"sampling peak {mb(sample_peak)}", mb(base),
-                    f"training step peak {mb(train_peak)}", "(report)", "n/a",
+                    f"training step peak {train_peak}", "(report)", "n/a",
                     "fp32, AdamW" if bench.device.type == "cuda" else "no CUDA device: no numbers")
             )  # fmt: skip
             del unet, pipe, optimizer
