@@ -499,6 +499,7 @@ def train(config: TrainingConfig, argv: list[str] | None = None) -> TrainResult:
     loss_window: list[float] = []
     last_loss = None
     start_time, start_step = time.perf_counter(), global_step
+    first_step = global_step
     metrics: dict[str, Any] = {}
 
     while global_step < config.max_train_steps:
@@ -557,10 +558,14 @@ def train(config: TrainingConfig, argv: list[str] | None = None) -> TrainResult:
             last_loss = step_loss
             loss_window.append(step_loss)
             step_loss = 0.0
+            if global_step == first_step + 1 and config.max_train_steps > global_step:
+                # images/s from here on: the first step pays one-time costs (kernel selection, allocations)
+                start_time, start_step = time.perf_counter(), global_step
 
             if progress is not None:
                 progress.update(1)
                 rate = (global_step - start_step) * images_per_step / max(time.perf_counter() - start_time, 1e-9)
+                rate = rate if global_step > start_step else float("nan")
                 progress.set_postfix(
                     loss=f"{last_loss:.4f}",
                     lr=f"{lr_scheduler.get_last_lr()[0]:.2e}",
@@ -572,9 +577,10 @@ def train(config: TrainingConfig, argv: list[str] | None = None) -> TrainResult:
                 logs = {
                     "train/loss": float(np.mean(loss_window)),
                     "train/lr": lr_scheduler.get_last_lr()[0],
-                    "train/images_per_second": (global_step - start_step) * images_per_step / max(elapsed, 1e-9),
                     "train/epoch": epoch,
                 }
+                if global_step > start_step:
+                    logs["train/images_per_second"] = (global_step - start_step) * images_per_step / max(elapsed, 1e-9)
                 if ema is not None:
                     logs["train/ema_decay"] = ema.cur_decay_value if ema.cur_decay_value is not None else 0.0
                 metrics.update(logs)
