@@ -6,10 +6,12 @@ measurement and reports its peak RSS: `VmHWM` of `/proc/self/status` (the high-w
 space). Not `resource.getrusage(RUSAGE_SELF).ru_maxrss`: on Linux that also holds the RSS of the process image the
 child was forked from (the kernel carries the pre-exec high-water mark over exec), i.e. the parent's RSS at spawn time;
 a child of a 1 GB parent that touches 14 MB reports ru_maxrss 967 MB and VmHWM 14 MB. ru_maxrss is the fallback where
-/proc is missing. "Working" memory is the peak minus the RSS after setup (imports, weights). Also checks that sampling memory does not grow with the
-number of steps: the same sampling run with 10 and with 100 steps must peak at the same RSS within a few MB.
+/proc is missing. "Working" memory is the peak minus the RSS after setup (imports, weights).
 
-    python benchmarks/bench_memory.py [--quick] [--skip-256]
+Also checks that sampling memory does not grow with the number of steps: one child samples with 10 and then with 100
+steps, and the second run must not raise the peak by more than a few MB.
+
+    python benchmarks/bench_memory.py [--skip-256] [--threads 1]
 """
 
 from __future__ import annotations
@@ -124,12 +126,14 @@ def measure(spec: dict, timeout: float = 900) -> dict:
 
 
 def _label(spec: dict) -> str:
-    model = {"pixel": "bundled pixel config", "latent": "bundled latent config (UNet + VAE)"}.get(
-        spec["model"], "DDPM-256 layout (256x256x3, 128 ch x (1,1,2,2,4,4), attn 16)"
-    )
+    layout = "DDPM-256 layout (256x256x3, 128 ch x (1,1,2,2,4,4), attn 16)"
+    steps = spec["steps"]
     if spec["task"] == "sample":
-        return f"sampling, {model}, batch {spec['batch_size']}, {spec['steps']} steps"
-    return f"training step, {model}, batch {spec['batch_size']} (AdamW + EMA, dropout 0.1)"
+        model = {"pixel": "bundled pixel pipeline", "latent": "bundled latent pipeline (UNet + VAE decode)"}
+        plural = "s" if steps != 1 else ""
+        return f"sampling, {model.get(spec['model'], layout)}, batch {spec['batch_size']}, {steps} step{plural}"
+    model = {"pixel": "bundled pixel config", "latent": "bundled latent config (UNet on 7x7x4 latents, no VAE)"}
+    return f"training step, {model.get(spec['model'], layout)}, batch {spec['batch_size']} (AdamW + EMA, dropout 0.1)"
 
 
 def bench_memory(
@@ -194,7 +198,7 @@ def bench_memory(
         rows.append(
             Row(
                 section="memory",
-                what=f"sampling memory flat in the number of steps (bundled pixel config, batch {flat_batch})",
+                what=f"sampling memory flat in the number of steps (bundled pixel pipeline, batch {flat_batch})",
                 against=f"{flat_steps[0]} steps",
                 ours=f"then {flat_steps[1]} steps: peak {long:.0f} MB",
                 reference=f"peak {short:.0f} MB",

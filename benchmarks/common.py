@@ -285,7 +285,8 @@ def random_vae(vae_config: dict[str, Any], seed: int = 0) -> torch.nn.Module:
 def bundled_or_random_pipeline(kind: str, seed: int = 0) -> tuple[Any, str]:
     """
     (pipeline, where it came from): the bundled `ddpm_plugin/pretrained/mnist-<kind>/` pipeline when it loads, else a
-    random pipeline of the bundled configuration (`training/configs/mnist_<kind>.yaml`, random weights: fine for speed).
+    random pipeline of the bundled configuration (`training/configs/mnist_<kind>.yaml`; random weights are fine for
+    speed).
     """
     from ddpm_plugin import DDPMUNet2DModel, GaussianDDPMScheduler, LatentDDPMPipeline, PixelDDPMPipeline
 

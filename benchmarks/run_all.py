@@ -108,10 +108,10 @@ def plan(quick: bool, include_256: bool) -> list[tuple[str, Callable[[], list[Ro
             "sampling",
             lambda: bench_latent_vs_pixel(batch_size=4, steps=(5, 15) if quick else (20, 100), repeats=5 * r),
         ),
-        ("previews", lambda: bench_previews_overhead(batch_size=4, steps=5 if quick else 50, repeats=3 * r)),
+        ("previews", lambda: bench_previews_overhead(batch_size=4, steps=10 if quick else 50, repeats=5 * r)),
         (
             "bpd",
-            lambda: bench_bits_per_dim(batch_size=2 if quick else 4, num_timesteps=30 if quick else None, repeats=3),
+            lambda: bench_bits_per_dim(batch_size=4, num_timesteps=50 if quick else None, repeats=5 if quick else 3),
         ),
         ("training", lambda: bench_training_step(steps=1 if quick else 5, repeats=5 * r)),
         ("options", compile_rows),

@@ -384,7 +384,8 @@ def training_rows(bench: Bench) -> list[Row]:
         ratio = paired_ratio(times, "diffusers", "ours")
         rows.append(
             Row("training", f"training step, pixel model, batch {batch}, {mode}", "same loop, `UNet2DModel`",
-                f"{batch / med['ours']:.0f} img/s", f"{batch / med['diffusers']:.0f} img/s", f"{fmt_ratio(ratio)} img/s",
+                f"{batch / med['ours']:.0f} img/s", f"{batch / med['diffusers']:.0f} img/s",
+                f"{fmt_ratio(ratio)} img/s",
                 ">= 1.0x img/s", met(ratio >= 1.0, f"{(1 - ratio) * 100:.0f}% short"),
                 f"peak {peak:.0f} MB (both models)" if peak else "")
         )  # fmt: skip
