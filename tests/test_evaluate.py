@@ -20,14 +20,6 @@ FRECHET_REFERENCE = 1.7418  # held-out vs. training digits in the judge's featur
 MARGIN = 0.004  # two digits of 500
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def judge():
     return load_judge()

@@ -26,15 +26,6 @@ from ddpm_plugin.likelihood import (
 LEVELS = torch.arange(256, dtype=torch.float64) / 127.5 - 1.0  # the 8-bit grid in [-1, 1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tests run many small elementwise steps, which intra-op threads only slow down on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Output:
     def __init__(self, sample):
         self.sample = sample

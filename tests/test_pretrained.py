@@ -17,15 +17,6 @@ from ddpm_plugin import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is faster than two contending ones on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _pixel_pipeline(steps: int = 8) -> PixelDDPMPipeline:
     torch.manual_seed(0)
     unet = DDPMUNet2DModel(

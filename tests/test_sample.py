@@ -18,14 +18,6 @@ from ddpm_plugin.sample import generators_for, main, sample_seed, shard_ranges
 NUM_SAMPLES, SHARD_SIZE, BATCH_SIZE = 10, 4, 3  # shards [0, 4), [4, 8), [8, 10); batches of 3, 1, 3, 1, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny random pixel pipeline (8x8 images, 6 steps) saved to a folder."""
