@@ -4,8 +4,9 @@
 - `estimate_latent_scale`: s = 1 / std(z), z ~ q_phi(z | x) over the data (latent-diffusion's `scale_by_std`);
   `set_latent_scale` stores it in `vae.config.scaling_factor`, which the latent pipeline and `bits_per_dim` read.
 - `fit_decoder_log_scale`: the scalar log-std of the discretized Gaussian p_psi(x | z) over the 256 pixel levels,
-  centred on `vae.decode(z).sample`, by maximum likelihood; `set_decoder_log_scale` stores it in
-  `vae.config.decoder_log_scale` for `ddpm_plugin.likelihood.bits_per_dim`.
+  centred on `vae.decode(z).sample`, by maximum likelihood; `set_decoder_log_scale` stores it in the vae's config
+  (`_decoder_log_scale`: a private key, which `AutoencoderKL` keeps without an "unexpected config attribute"
+  warning) and `get_decoder_log_scale` reads it back for `ddpm_plugin.likelihood.bits_per_dim`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,23 @@ import math
 
 import torch
 
-from .likelihood import _placement, _randn, check_images, discretized_gaussian_log_likelihood
+from .likelihood import (
+    DECODER_LOG_SCALE_KEY,
+    _placement,
+    _randn,
+    check_images,
+    discretized_gaussian_log_likelihood,
+    get_decoder_log_scale,
+)
+
+__all__ = [
+    "estimate_latent_scale",
+    "fit_decoder_log_scale",
+    "get_decoder_log_scale",
+    "get_latent_scale",
+    "set_decoder_log_scale",
+    "set_latent_scale",
+]
 
 
 def _check_vae(vae) -> None:
@@ -171,9 +188,9 @@ def fit_decoder_log_scale(
 
 
 def set_decoder_log_scale(vae, log_scale: float) -> None:
-    """Stores the pixel decoder's log-std in `vae.config.decoder_log_scale` (saved with the vae's config.json), so
+    """Stores the pixel decoder's log-std in `vae.config._decoder_log_scale` (saved with the vae's config.json), so
     `bits_per_dim(..., vae=vae)` uses it instead of fitting one on the evaluated images."""
     _check_vae(vae)
     if isinstance(log_scale, bool) or not isinstance(log_scale, int | float) or not math.isfinite(log_scale):
         raise ValueError(f"log_scale={log_scale!r} must be a finite number.")
-    vae.register_to_config(decoder_log_scale=float(log_scale))
+    vae.register_to_config(**{DECODER_LOG_SCALE_KEY: float(log_scale)})

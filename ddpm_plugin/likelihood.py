@@ -182,8 +182,9 @@ class BitsPerDimOutput:
         latent_scale (`float`, *optional*): s, from `vae.config.scaling_factor`.
         num_latent_dims (`int`, *optional*): d, the latent dimensions per image.
         decoder_log_scale (`float`, *optional*): the log-std of the pixel decoder p_psi(x | z).
-        decoder_log_scale_fitted (`bool`, *optional*): True when it was fitted on the given images (not stored in
-            `vae.config.decoder_log_scale`), which makes the bound slightly optimistic for those images.
+        decoder_log_scale_fitted (`bool`, *optional*): True when it was fitted on the given images (none stored
+            with `ddpm_plugin.latent.set_decoder_log_scale`), which makes the bound slightly optimistic for those
+            images.
     """
 
     bpd: torch.Tensor
@@ -207,6 +208,19 @@ class BitsPerDimOutput:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+DECODER_LOG_SCALE_KEY = "_decoder_log_scale"
+
+
+def get_decoder_log_scale(vae) -> float | None:
+    """The pixel decoder's log-std stored by `ddpm_plugin.latent.set_decoder_log_scale` (`None` when there is none); VAEs saved by
+    ddpm_plugin 0.1 stored it under the public key `decoder_log_scale`, which is read too."""
+    config = getattr(vae, "config", None)
+    if config is None or not hasattr(config, "get"):
+        return None
+    value = config.get(DECODER_LOG_SCALE_KEY, config.get("decoder_log_scale", None))
+    return None if value is None else float(value)
+
+
 def check_images(images: torch.Tensor, *, on_grid: bool = True) -> torch.Tensor:
     """
     Validates 8-bit images scaled to [-1, 1] of shape `(batch_size, num_channels, height, width)` and returns them
@@ -376,8 +390,8 @@ def bits_per_dim(
     `-log p_theta(z) = -log p_theta(z_0) - d log s` (d latent dimensions), `-log p_theta(z_0)` bounded by the
     diffusion bound above with a continuous Gaussian decoder at the last step (latents are not 8-bit), and
     E_q[log q_phi(z | x)] = -H[q_phi(z | x)] taken exactly. The pixel decoder p_psi(x | z) is a discretized Gaussian
-    over the 256 levels centred on `vae.decode(z).sample`, with the scalar log-std `vae.config.decoder_log_scale`
-    when stored (see `ddpm_plugin.latent.set_decoder_log_scale`), else fitted by maximum likelihood on `images`
+    over the 256 levels centred on `vae.decode(z).sample`, with the scalar log-std stored in the vae config
+    when there is one (see `ddpm_plugin.latent.set_decoder_log_scale`), else fitted by maximum likelihood on `images`
     (reported in `decoder_log_scale_fitted`).
 
     Args:
@@ -451,7 +465,7 @@ def bits_per_dim(
     log_q = -0.5 * (math.log(2 * math.pi) + 1.0 + logvar).sum(latent_dims)
     # 2. -log p_psi(x | z): discretized Gaussian around the decoder output, scalar log-std
     decoded = _decode_means(vae, z, batch_size)  # (B, C, H, W) float64
-    stored = vae.config.get("decoder_log_scale", None) if hasattr(vae.config, "get") else None
+    stored = get_decoder_log_scale(vae)
     fitted = stored is None
     log_scale = _fit_log_scale(x_0, decoded) if fitted else float(stored)
     dims = tuple(range(1, x_0.ndim))
@@ -467,7 +481,7 @@ def bits_per_dim(
     reconstruction, log_q = reconstruction.cpu(), log_q.cpu()
     total = reconstruction + log_q + latent_prior + log_scale_term
     note += f"; latent model, s = {scale:.6g}, decoder log-std {log_scale:.6g} " + (
-        "fitted on these images" if fitted else "from vae.config.decoder_log_scale"
+        "fitted on these images" if fitted else "stored in the vae config"
     )
     return BitsPerDimOutput(
         bpd=total * to_bpd,

@@ -14,6 +14,7 @@ from ddpm_plugin import DDPMUNet2DModel, GaussianDDPMScheduler, bits_per_dim
 from ddpm_plugin.latent import (
     estimate_latent_scale,
     fit_decoder_log_scale,
+    get_decoder_log_scale,
     set_decoder_log_scale,
     set_latent_scale,
 )
@@ -515,6 +516,33 @@ class PushforwardModel(torch.nn.Module):
         coef_x0 = self.b.q_posterior_mean_variance(torch.ones_like(x), torch.zeros_like(x), t)[0]
         coef_xt = self.b.q_posterior_mean_variance(torch.zeros_like(x), torch.ones_like(x), t)[0]
         return Output(torch.cat([(mean_b - coef_xt * x) / coef_x0, var_b], dim=1))
+
+
+def test_decoder_log_scale_survives_save_and_load_without_a_config_warning(tmp_path, caplog):
+    """The stored log-std goes through save_pretrained / from_pretrained unchanged, and AutoencoderKL does not warn
+    about an unexpected config attribute on load (a private key); a legacy public key is still read."""
+    import json
+    import logging
+
+    from diffusers.utils import logging as diffusers_logging
+
+    vae = tiny_vae()
+    assert get_decoder_log_scale(vae) is None
+    set_decoder_log_scale(vae, -1.75)
+    vae.save_pretrained(tmp_path / "vae")
+    diffusers_logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING):
+            loaded = AutoencoderKL.from_pretrained(tmp_path / "vae")
+    finally:
+        diffusers_logging.disable_propagation()
+    assert get_decoder_log_scale(loaded) == -1.75
+    assert not [r for r in caplog.records if "not expected" in r.getMessage()]
+    config_path = tmp_path / "vae" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["decoder_log_scale"] = config.pop("_decoder_log_scale")
+    config_path.write_text(json.dumps(config))
+    assert get_decoder_log_scale(AutoencoderKL.from_pretrained(tmp_path / "vae")) == -1.75
 
 
 def test_latent_bound_change_of_variables_for_the_latent_scale():
