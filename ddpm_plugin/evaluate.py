@@ -3,7 +3,8 @@
 
     python -m ddpm_plugin.evaluate --model latent|pixel|<folder> --num-samples 1000 --num-inference-steps 100 \\
         --scheduler ddpm|ddim --seed 0 [--bpd] [--bpd-timesteps K] [--bpd-num-images 500] [--out results.json]
-    python -m ddpm_plugin.evaluate --tradeoff --model latent [--num-samples 500] [--tradeoff-steps 250,100,50,20]
+    python -m ddpm_plugin.evaluate --tradeoff --model latent [--num-samples 500] [--tradeoff-steps 250,100,50,20] \
+        [--write-card]
 
 Metrics, on `--num-samples` generated digits (center-cropped to 28x28 when a model makes 32x32 images):
 
@@ -17,7 +18,8 @@ Metrics, on `--num-samples` generated digits (center-cropped to 28x28 when a mod
 - pass/fail against the targets in `TARGETS`.
 
 The results go to a JSON file (`--out`) and a markdown section on stdout (`metrics_markdown`), which
-`write_metrics_to_card` can put into a pipeline folder's model card.
+`write_metrics_to_card` can put into a pipeline folder's model card (`--write-card`); the trade-off table goes to its
+own section of the card (`write_tradeoff_to_card`).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ __all__ = [
     "tradeoff",
     "tradeoff_markdown",
     "write_metrics_to_card",
+    "write_tradeoff_to_card",
     "write_reference",
 ]
 
@@ -66,6 +69,8 @@ TARGETS = {
 TRADEOFF_STEPS = (250, 100, 50, 20)
 CARD_BEGIN = "<!-- ddpm_plugin.evaluate: begin -->"
 CARD_END = "<!-- ddpm_plugin.evaluate: end -->"
+TRADEOFF_CARD_BEGIN = "<!-- ddpm_plugin.evaluate tradeoff: begin -->"
+TRADEOFF_CARD_END = "<!-- ddpm_plugin.evaluate tradeoff: end -->"
 
 
 # ---------------------------------------------------------------------------------------------------- Frechet
@@ -469,23 +474,43 @@ def metrics_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write_card_section(folder: str | os.PathLike, begin: str, end: str, markdown: str, heading: str) -> Path:
+    """Puts `markdown` between the `begin` and `end` markers of a pipeline folder's model card `README.md`
+    (replacing what was there, appended under `heading` otherwise; a card is created if the folder has none),
+    written atomically (a temporary file renamed over the card)."""
+    card = Path(folder) / "README.md"
+    text = card.read_text(encoding="utf-8") if card.is_file() else ""
+    section = f"{begin}\n{markdown}{end}\n"
+    if begin in text and end in text:
+        before, rest = text.split(begin, 1)
+        after = rest.split(end, 1)[1].lstrip("\n")
+        text = before + section + after
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + f"{heading}\n\n" + section
+    tmp = card.with_name(f"{card.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, card)
+    return card
+
+
 def write_metrics_to_card(folder: str | os.PathLike, results: dict) -> Path:
     """
     Puts `metrics_markdown(results)` into the model card `README.md` of a pipeline folder, between
     `<!-- ddpm_plugin.evaluate: begin -->` and `<!-- ddpm_plugin.evaluate: end -->` (replacing an earlier
     evaluation there, appended otherwise; a card is created if the folder has none). Returns the card's path.
     """
-    card = Path(folder) / "README.md"
-    text = card.read_text(encoding="utf-8") if card.is_file() else ""
-    section = f"{CARD_BEGIN}\n{metrics_markdown(results)}{CARD_END}\n"
-    if CARD_BEGIN in text and CARD_END in text:
-        before, rest = text.split(CARD_BEGIN, 1)
-        after = rest.split(CARD_END, 1)[1].lstrip("\n")
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + "## Evaluation\n\n" + section
-    card.write_text(text, encoding="utf-8")
-    return card
+    return _write_card_section(folder, CARD_BEGIN, CARD_END, metrics_markdown(results), "## Evaluation")
+
+
+def write_tradeoff_to_card(folder: str | os.PathLike, rows: list[dict]) -> Path:
+    """
+    Puts `tradeoff_markdown(rows)` into the model card `README.md` of a pipeline folder, between
+    `<!-- ddpm_plugin.evaluate tradeoff: begin -->` and `<!-- ddpm_plugin.evaluate tradeoff: end -->` (replacing an
+    earlier table there, appended otherwise). Returns the card's path.
+    """
+    return _write_card_section(
+        folder, TRADEOFF_CARD_BEGIN, TRADEOFF_CARD_END, tradeoff_markdown(rows), "## Steps and quality"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- trade-off
@@ -535,16 +560,18 @@ def tradeoff_markdown(rows: list[dict]) -> str:
         f"### Steps vs. quality: {first['model'] or first['pipeline_class']} ({first['num_samples']} samples per row, "
         f"seed {first['seed']}, {first['device']})",
         "",
-        "| sampler | steps | confident (p >= 0.9) | Frechet distance | Frechet / reference | s / image |",
-        "|---|---|---|---|---|---|",
+        "| sampler | steps | confident (p >= 0.9) | digit shares (min, max) | Frechet distance | Frechet / reference "
+        "| s / image |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         sampler = "DDPM (respaced)" if r["scheduler"] == "ddpm" and r is not first else r["scheduler"].upper()
         if "skipped" in r:
-            lines.append(f"| {sampler} | {r['num_inference_steps']} | skipped: {r['skipped']} | | | |")
+            lines.append(f"| {sampler} | {r['num_inference_steps']} | skipped: {r['skipped']} | | | | |")
             continue
         lines.append(
-            f"| {sampler} | {r['num_inference_steps']} | {r['confident_share']:.1%} | {r['frechet_distance']:.2f} "
+            f"| {sampler} | {r['num_inference_steps']} | {r['confident_share']:.1%} "
+            f"| {min(r['class_shares']):.1%}, {max(r['class_shares']):.1%} | {r['frechet_distance']:.2f} "
             f"| {r['frechet_ratio']:.2f} | {r['seconds_per_image']:.4f} |"
         )
     lines += ["", f"Reference Frechet distance (held-out vs. training digits): {first['frechet_reference']:.2f}."]
@@ -582,7 +609,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tradeoff", action="store_true", help="the steps/quality table: DDPM T, DDPM and DDIM at K")
     parser.add_argument("--tradeoff-steps", default=",".join(map(str, TRADEOFF_STEPS)), help="comma-separated K")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
-    parser.add_argument("--write-card", action="store_true", help="put the results into the model folder's README.md")
+    parser.add_argument(
+        "--write-card", action="store_true", help="put the results (or the trade-off table) into the model's README.md"
+    )
     parser.add_argument("--judge", default=None, help="folder of the digit judge (default: the shipped one)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -601,6 +630,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError:
         parser.error(f"--tradeoff-steps must be comma-separated integers, got {args.tradeoff_steps!r}.")
     return args
+
+
+def _model_folder(model: str) -> Path:
+    """The folder whose model card `--write-card` updates: a bundled model's folder, or the given one."""
+    from .pretrained import DEFAULT_PIPELINES, PRETRAINED_DIR
+
+    return PRETRAINED_DIR / DEFAULT_PIPELINES[model][0] if model in DEFAULT_PIPELINES else Path(model)
 
 
 def main(argv: list[str] | None = None) -> dict | list[dict]:
@@ -623,6 +659,8 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
             progress=progress,
         )
         print(tradeoff_markdown(rows))
+        if args.write_card:
+            print(f"model card updated: {write_tradeoff_to_card(_model_folder(args.model), rows)}")
         output: dict | list[dict] = rows
     else:
         output = evaluate_pipeline(
@@ -642,12 +680,7 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
         )
         print(metrics_markdown(output))
         if args.write_card:
-            from .pretrained import DEFAULT_PIPELINES, PRETRAINED_DIR
-
-            folder = (
-                PRETRAINED_DIR / DEFAULT_PIPELINES[args.model][0] if args.model in DEFAULT_PIPELINES else args.model
-            )
-            print(f"model card updated: {write_metrics_to_card(folder, output)}")
+            print(f"model card updated: {write_metrics_to_card(_model_folder(args.model), output)}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w", encoding="utf-8") as f:

@@ -309,6 +309,15 @@ def test_tradeoff_rows_and_table(tiny_model, judge, split):
     assert type(pipe.scheduler) is GaussianDDPMScheduler  # restored after the DDIM rows
     table = ev.tradeoff_markdown(rows)
     assert table.count("\n| DDPM (respaced) |") == 2 and table.count("\n| DDIM |") == 2 and "\n| DDPM | 6 |" in table
+    shares = rows[0]["class_shares"]
+    assert f"| {min(shares):.1%}, {max(shares):.1%} |" in table
+    # the table goes to its own section of the model card, next to the evaluation, and replaces an earlier one
+    card = ev.write_tradeoff_to_card(tiny_model, rows)
+    ev.write_tradeoff_to_card(tiny_model, rows[:2])
+    text = card.read_text()
+    assert text.count(ev.TRADEOFF_CARD_BEGIN) == 1 and text.count("## Steps and quality") == 1
+    assert text.count("\n| DDIM |") == 0 and text.count("\n| DDPM (respaced) |") == 1
+    assert not list(tiny_model.glob("README.md.tmp-*"))
 
 
 def test_ddim_is_refused_for_a_learned_variance_model():
