@@ -239,8 +239,10 @@ class DDPMBasePipeline(DiffusionPipeline):
         num_steps = self._num_timesteps = len(timesteps)
         extra_step_kwargs = self._prepare_extra_step_kwargs(generator)
 
-        # 3. denoise: x_t -> x_{t-1}, with x0_hat of Ho (15) from the same step
-        step, last_timestep, pred_original_sample = 0, int(timesteps[0]), None
+        # 3. denoise: x_t -> x_{t-1}, with x0_hat of Ho (15) from the same step; the timesteps as Python ints, read
+        #    once (int(t) on a CUDA tensor in the loop would wait for the GPU every step)
+        timestep_values = [int(t) for t in timesteps.tolist()]
+        step, last_timestep, pred_original_sample = 0, timestep_values[0], None
         with self.progress_bar(total=num_steps) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
@@ -252,7 +254,7 @@ class DDPMBasePipeline(DiffusionPipeline):
                 if pred_original_sample is None:
                     pred_original_sample = self._pred_original_sample_from_model_output(model_output, t, latents)
                 latents = output.prev_sample
-                step, last_timestep = i + 1, int(t)
+                step, last_timestep = i + 1, timestep_values[i]
 
                 if callback_on_step_end is not None:
                     callback_kwargs = {"latents": latents}
