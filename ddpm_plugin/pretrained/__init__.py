@@ -234,8 +234,9 @@ def check_pipeline_folder(folder: str | os.PathLike) -> None:
 def write_checksums(folder: str | os.PathLike) -> Path:
     """
     Writes `checksums.sha256` (`sha256sum` format, paths relative to `folder`) for the files loading reads (every
-    `*.json` and `*.safetensors`; the model card may change freely), so that `check_pipeline_folder` also catches damage inside the tensor data. Run it after (re)saving a bundled
-    pipeline; returns the manifest's path.
+    `*.json` and `*.safetensors`; the model card may change freely), so that `check_pipeline_folder` also catches
+    damage inside the tensor data. Run it after (re)saving a bundled pipeline; returns the manifest's path (written
+    atomically: a temporary file renamed over it).
     """
     folder = Path(folder)
     lines = [
@@ -243,7 +244,9 @@ def write_checksums(folder: str | os.PathLike) -> Path:
         for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors"))
     ]
     manifest = folder / CHECKSUMS_NAME
-    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp = manifest.with_name(f"{manifest.name}.tmp-{os.getpid()}")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, manifest)
     return manifest
 
 
