@@ -340,6 +340,28 @@ def test_ddim_swap(pixel_pipe):
     assert torch.equal(a, items[-1].images)
 
 
+@pytest.mark.parametrize("clip_sample", [True, False])
+def test_ddim_with_clipping_rederives_the_noise_from_the_clipped_x0(pixel_pipe, clip_sample):
+    """With clip_sample, DDIM steps get use_clipped_model_output=True (GLIDE / guided-diffusion's DDIM): the images
+    are those of a hand-written loop that passes it, and differ from diffusers' default where clipping bites."""
+    scheduler = DDIMScheduler.from_config(pixel_pipe.scheduler.config, clip_sample=clip_sample, clip_sample_range=0.2)
+    pixel_pipe.scheduler = scheduler
+    assert pixel_pipe._prepare_extra_step_kwargs(None).get("use_clipped_model_output", False) is clip_sample
+    images = pixel_pipe(generator=gen(0), num_inference_steps=5, output_type="pt").images
+
+    def loop(use_clipped_model_output):
+        x = torch.randn((1, 1, 8, 8), generator=gen(0))
+        scheduler.set_timesteps(5)
+        for t in scheduler.timesteps:
+            eps = pixel_pipe.unet(x, t).sample
+            x = scheduler.step(eps, t, x, use_clipped_model_output=use_clipped_model_output).prev_sample
+        return (x / 2 + 0.5).clamp(0, 1)
+
+    torch.testing.assert_close(images, loop(clip_sample), rtol=0, atol=1e-6)
+    if clip_sample:
+        assert (images - loop(False)).abs().max() > 1e-3
+
+
 def test_dpm_solver_swap_computes_x0_from_alphas_cumprod(pixel_pipe):
     """DPM-Solver's step output has no pred_original_sample: x0_hat = Ho (15) from the same eps and alphas_cumprod."""
     pixel_pipe.scheduler = DPMSolverMultistepScheduler.from_config(pixel_pipe.scheduler.config)
