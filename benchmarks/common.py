@@ -192,6 +192,18 @@ def unet_kwargs_from_training_config(config: dict[str, Any], vae_config: dict[st
     return kwargs
 
 
+# a tiny UNet (16 px, two levels, attention at 8 px): the stand-in for every model in smoke tests and --dry-run
+TINY_UNET_KWARGS = {
+    "sample_size": 16,
+    "in_channels": 3,
+    "model_channels": 16,
+    "channel_mult": (1, 2),
+    "layers_per_block": 1,
+    "attention_resolutions": (8,),
+    "norm_num_groups": 8,
+}
+
+
 def pixel_unet_kwargs() -> dict:
     return unet_kwargs_from_training_config(load_training_config("mnist_pixel"))
 

@@ -22,15 +22,7 @@ from bench_sampling import (  # noqa: E402
 from bench_scheduler import bench_scheduler_step  # noqa: E402
 from bench_unet import bench_compile, bench_flops, bench_unet_forward, bench_unet_options  # noqa: E402
 
-TINY = {
-    "sample_size": 16,
-    "in_channels": 3,
-    "model_channels": 16,
-    "channel_mult": (1, 2),
-    "layers_per_block": 1,
-    "attention_resolutions": (8,),
-    "norm_num_groups": 8,
-}
+TINY = common.TINY_UNET_KWARGS
 MET_VALUES = {"yes", "n/a", "helps", "hurts", "neutral"}
 
 

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(GPU_DIR)))  # the repository
 
 from common import (  # noqa: E402
     DDPM_256,
+    TINY_UNET_KWARGS,
     Row,
     count_parameters,
     fmt_ratio,
@@ -41,17 +42,6 @@ from common import (  # noqa: E402
     pixel_unet_kwargs,
     unet_pair,
 )
-
-# tiny stand-in for every model in --dry-run
-TINY = {
-    "sample_size": 16,
-    "in_channels": 3,
-    "model_channels": 16,
-    "channel_mult": (1, 2),
-    "layers_per_block": 1,
-    "attention_resolutions": (8,),
-    "norm_num_groups": 8,
-}
 
 
 class Bench:
@@ -80,7 +70,7 @@ class Bench:
 
     def models(self) -> dict[str, dict]:
         if self.dry_run:
-            return {"tiny": dict(TINY)}
+            return {"tiny": dict(TINY_UNET_KWARGS)}
         return {"pixel": pixel_unet_kwargs(), "latent": latent_unet_kwargs(), "ddpm256": dict(DDPM_256)}
 
     def autocast(self, mode: str):
@@ -283,7 +273,7 @@ def sampling_rows(bench: Bench) -> list[Row]:
 
     from ddpm_plugin import GaussianDDPMScheduler, PixelDDPMPipeline
 
-    kwargs = dict(TINY) if bench.dry_run else pixel_unet_kwargs()
+    kwargs = dict(TINY_UNET_KWARGS) if bench.dry_run else pixel_unet_kwargs()
     reference_unet, our_unet = unet_pair(kwargs)
     ours = PixelDDPMPipeline(unet=our_unet, scheduler=GaussianDDPMScheduler(num_train_timesteps=1000))
     reference = DDPMPipeline(unet=reference_unet, scheduler=DDPMScheduler(num_train_timesteps=1000))
@@ -346,7 +336,7 @@ def training_rows(bench: Bench) -> list[Row]:
     from ddpm_plugin import GaussianDDPMScheduler
     from ddpm_plugin.losses import simple_loss
 
-    kwargs = dict(TINY) if bench.dry_run else pixel_unet_kwargs()
+    kwargs = dict(TINY_UNET_KWARGS) if bench.dry_run else pixel_unet_kwargs()
     batch = 2 if bench.dry_run else 512
     size, channels = kwargs["sample_size"], kwargs["in_channels"]
     rows = []
