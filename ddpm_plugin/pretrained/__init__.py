@@ -2,10 +2,12 @@
 """The bundled default pipelines, loaded offline from the package folder.
 
 `ddpm_plugin/pretrained/mnist-latent/` (`LatentDDPMPipeline`) and `ddpm_plugin/pretrained/mnist-pixel/`
-(`PixelDDPMPipeline`) are Hub-format pipeline folders written by `save_pretrained`. `load_default_pipeline` checks a
-folder before loading it (every JSON file parses, every safetensors file is complete, and, where the folder has a
-`checksums.sha256` manifest, every listed file has its recorded SHA-256), so that a damaged installation fails with
-the name of the damaged file rather than deep inside diffusers.
+(`PixelDDPMPipeline`) are plain pipeline folders as `save_pretrained` writes them (model_index.json, component configs,
+safetensors, a model card and a `checksums.sha256` manifest); they hold no code. `load_default_pipeline` checks a folder
+before loading it (every JSON file parses, every safetensors file opens, and every file of the manifest has its
+recorded SHA-256), so that a damaged installation fails with the name of the damaged file rather than deep inside
+diffusers. `load_pipeline_folder` loads any local pipeline folder the same way, including a `save_for_hub` folder,
+whose copied model code it never runs (the installed classes load it).
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ def load_pipeline_folder(
     """
     Loads a pipeline folder written by `save_pretrained` with the class named in its `model_index.json`
     (`PixelDDPMPipeline`, `LatentDDPMPipeline` or a diffusers pipeline), safetensors only, after `check_pipeline_folder`.
+    A `save_for_hub` folder (whose `model_index.json` names copied module files) is assembled from the installed
+    classes, so its code files are never executed.
 
     Raises:
         `FileNotFoundError`: `folder` is not a pipeline folder.
@@ -111,7 +115,8 @@ def load_pipeline_folder(
     with open(folder / "model_index.json", encoding="utf-8") as f:
         model_index = json.load(f)
     class_name = model_index.get("_class_name")
-    if isinstance(class_name, list):  # a `save_for_hub` folder: [module file, class]
+    hub_format = isinstance(class_name, list)  # a `save_for_hub` folder: [module file, class]
+    if hub_format:
         class_name = class_name[-1]
     if expected_class is not None and class_name != expected_class:
         raise OSError(
@@ -119,7 +124,7 @@ def load_pipeline_folder(
         )
     pipeline_class = _pipeline_class(class_name, folder)
     kwargs.setdefault("use_safetensors", True)
-    if class_name in PIPELINE_CLASSES:
+    if hub_format and class_name in PIPELINE_CLASSES:
         pipe = _assemble(pipeline_class, folder, model_index, kwargs)
     else:
         pipe = pipeline_class.from_pretrained(str(folder), **kwargs)
@@ -132,10 +137,10 @@ def load_pipeline_folder(
 
 def _assemble(pipeline_class, folder: Path, model_index: dict, kwargs: dict):
     """
-    Builds a ddpm_plugin pipeline from a `save_pretrained` or `save_for_hub` folder with the installed classes: each
-    component from its subfolder (ddpm_plugin classes by name, whatever module the folder names, so the module files
-    that `save_for_hub` copies next to them are never executed; other classes from diffusers), and the pipeline's
-    own settings (e.g. `default_num_inference_steps`) from `model_index.json`.
+    Builds a ddpm_plugin pipeline from a `save_for_hub` folder with the installed classes: each component from its
+    subfolder (ddpm_plugin classes by name, whatever module file the folder names, so the copied code is never
+    executed; other classes from diffusers), and the pipeline's own settings (e.g. `default_num_inference_steps`) from
+    `model_index.json`.
     """
     import inspect
 
