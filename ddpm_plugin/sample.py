@@ -77,20 +77,11 @@ def shard_ranges(num_samples: int, shard_size: int) -> list[tuple[int, int]]:
 
 # ---------------------------------------------------------------------------------------------------- pipelines
 def load_pipeline(model: str, torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None):
-    """`"latent"` / `"pixel"` (the bundled pipelines) or a pipeline folder written by `save_pretrained`."""
-    from ddpm_plugin.pretrained import DEFAULT_PIPELINES, load_default_pipeline, load_pipeline_folder
+    """A bundled model (`"bundled:latent"`, or `"latent"`), a pipeline folder or a Hub id (`ddpm_plugin.resolve`)."""
+    from .resolve import CLI_POLICY
+    from .resolve import load_pipeline as resolve_and_load
 
-    if model in DEFAULT_PIPELINES:
-        pipe = load_default_pipeline(model, torch_dtype=torch_dtype)
-    elif os.path.isdir(model):
-        pipe = load_pipeline_folder(model, torch_dtype=torch_dtype)
-    else:
-        raise ValueError(
-            f"model={model!r} is neither a bundled pipeline ({sorted(DEFAULT_PIPELINES)}) nor an existing pipeline "
-            "folder."
-        )
-    if device is not None:
-        pipe = pipe.to(device)
+    pipe = resolve_and_load(model, CLI_POLICY, torch_dtype=torch_dtype, device=device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -152,7 +152,7 @@ def test_bad_arguments(model_dir, tmp_path):
         main(_args(model_dir, tmp_path / "x", "--scheduler", "euler"))
     with pytest.raises(SystemExit):
         main(["--model", str(model_dir), "--num-samples", "0", "--out", str(tmp_path / "y")])
-    with pytest.raises(ValueError, match="neither a bundled pipeline"):
+    with pytest.raises(ValueError, match="neither a bundled model"):
         main(["--model", str(tmp_path / "nowhere"), "--num-samples", "2", "--out", str(tmp_path / "z")])
 
 
