@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoencoderKL
 
 from ddpm_plugin import DDPMUNet2DModel, GaussianDDPMScheduler
+from ddpm_plugin.resolve import CLI_POLICY, model_folder, resolve_model
 
 __all__ = ["InitSource", "build_scheduler", "build_unet", "build_vae", "load_init_source", "load_vae"]
 
@@ -90,32 +91,21 @@ def build_vae(config, resolution: int) -> AutoencoderKL:
 
 
 # ---------------------------------------------------------------------------------------------------- loading
-def _read_json(source: str, filename: str, subfolder: str | None = None) -> dict | None:
-    """A JSON file of a local folder or a Hub repo, or None when it does not exist."""
-    if os.path.isdir(source):
-        path = os.path.join(source, subfolder or "", filename)
-        if not os.path.isfile(path):
-            return None
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    if os.path.exists(source) or source.startswith((".", "/")):
-        raise ValueError(f"{source!r} is not a folder (expected a pipeline or model folder, or a Hub repo id).")
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import EntryNotFoundError
+def _local_folder(source: str) -> Path:
+    """The local folder of a bundled model, folder or Hub id (`ddpm_plugin.resolve`, the command-line policy)."""
+    return model_folder(resolve_model(source, CLI_POLICY), CLI_POLICY)
 
-    try:
-        path = hf_hub_download(source, filename, subfolder=subfolder)
-    except EntryNotFoundError:
+
+def _read_json(folder: Path, filename: str, subfolder: str | None = None) -> dict | None:
+    """A JSON file of a local folder, or None when it does not exist."""
+    path = folder / (subfolder or "") / filename
+    if not path.is_file():
         return None
-    except Exception as error:  # noqa: BLE001 - offline, unknown repo, ...: name the source
-        raise ValueError(
-            f"cannot read {filename!r} of {source!r} (not a local folder; Hub lookup failed: {error})."
-        ) from None
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
-def _load_unet(source: str, subfolder: str | None, class_name: str, learned_variance: bool) -> DDPMUNet2DModel:
+def _load_unet(source: Path, subfolder: str | None, class_name: str, learned_variance: bool) -> DDPMUNet2DModel:
     if class_name == "DDPMUNet2DModel":
         return DDPMUNet2DModel.from_pretrained(source, subfolder=subfolder)
     if class_name == "UNet2DModel":
@@ -125,19 +115,20 @@ def _load_unet(source: str, subfolder: str | None, class_name: str, learned_vari
             UNet2DModel.from_pretrained(source, subfolder=subfolder), learned_variance=learned_variance
         )
     raise ValueError(
-        f"{source!r}{'/' + subfolder if subfolder else ''} holds a {class_name}; fine-tuning takes a DDPMUNet2DModel "
-        "or a diffusers UNet2DModel in the DDPM layout."
+        f"{str(source)!r}{'/' + subfolder if subfolder else ''} holds a {class_name}; fine-tuning takes a "
+        "DDPMUNet2DModel or a diffusers UNet2DModel in the DDPM layout."
     )
 
 
 def load_vae(source: str) -> AutoencoderKL:
-    """An `AutoencoderKL` from its own folder / Hub id, or from the `vae/` of a latent pipeline."""
-    config = _read_json(source, "config.json")
+    """An `AutoencoderKL` from its own folder / Hub id, or from the `vae/` of a latent pipeline (or bundled model)."""
+    folder = _local_folder(source)
+    config = _read_json(folder, "config.json")
     if config is not None and config.get("_class_name") == "AutoencoderKL":
-        return AutoencoderKL.from_pretrained(source)
-    index = _read_json(source, "model_index.json")
+        return AutoencoderKL.from_pretrained(folder)
+    index = _read_json(folder, "model_index.json")
     if index is not None and "vae" in index:
-        return AutoencoderKL.from_pretrained(source, subfolder="vae")
+        return AutoencoderKL.from_pretrained(folder, subfolder="vae")
     raise ValueError(
         f"{source!r} holds no AutoencoderKL (neither a VAE folder with config.json nor a pipeline with a vae/)."
     )
@@ -145,26 +136,28 @@ def load_vae(source: str) -> AutoencoderKL:
 
 def load_init_source(source: str, stage: str) -> InitSource:
     """
-    Reads what `--init_from source` provides for `stage`: for the UNet stage a UNet (a diffusers `UNet2DModel` is
-    converted with `DDPMUNet2DModel.from_diffusers_unet`), the scheduler config if there is one, and the VAE of a
-    latent pipeline; for the VAE stage an AutoencoderKL.
+    Reads what `--init_from source` provides for `stage` (`source`: a bundled model, a folder or a Hub id, as
+    `ddpm_plugin.resolve` names them): for the UNet stage a UNet (a diffusers `UNet2DModel` is converted with
+    `DDPMUNet2DModel.from_diffusers_unet`), the scheduler config if there is one, and the VAE of a latent pipeline;
+    for the VAE stage an AutoencoderKL.
     """
     if stage == "vae":
         return InitSource(vae=load_vae(source))
-    index = _read_json(source, "model_index.json")
+    folder = _local_folder(source)
+    index = _read_json(folder, "model_index.json")
     if index is not None:
         if "unet" not in index:
             raise ValueError(f"pipeline {source!r} has no unet component (components: {sorted(index)}).")
-        scheduler_config = _read_json(source, "scheduler_config.json", "scheduler")
+        scheduler_config = _read_json(folder, "scheduler_config.json", "scheduler")
         learned = (scheduler_config or {}).get("variance_type") in ("learned", "learned_range")
-        unet_config = _read_json(source, "config.json", "unet") or {}
-        unet = _load_unet(source, "unet", unet_config.get("_class_name", "?"), learned)
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae") if "vae" in index else None
+        unet_config = _read_json(folder, "config.json", "unet") or {}
+        unet = _load_unet(folder, "unet", unet_config.get("_class_name", "?"), learned)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae") if "vae" in index else None
         return InitSource(unet=unet, scheduler_config=scheduler_config, vae=vae)
-    config = _read_json(source, "config.json")
+    config = _read_json(folder, "config.json")
     if config is None:
         raise ValueError(f"{source!r} holds neither a pipeline (model_index.json) nor a model (config.json).")
-    unet = _load_unet(source, None, config.get("_class_name", "?"), learned_variance=False)
+    unet = _load_unet(folder, None, config.get("_class_name", "?"), learned_variance=False)
     return InitSource(unet=unet, scheduler_config=None, vae=None)
 
 
