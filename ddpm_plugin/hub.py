@@ -12,7 +12,7 @@ mechanism (`DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)`):
 - The code files are copied from the installed package at save time (one source of truth), with the sibling modules
   they import relatively (diffusers' `get_cached_module_file` copies direct relative imports only, so a copied
   module must import every sibling it needs directly). Each copied file is checked to import nothing but the
-  standard library, torch, diffusers, numpy and PIL.
+  standard library, torch, diffusers, numpy, PIL and safetensors (diffusers' own requirements).
 - Weights are safetensors only.
 
 `README.md` is a model card (`huggingface_hub.ModelCard`): metadata (`library_name: diffusers`, tags, datasets,
@@ -42,8 +42,8 @@ __all__ = ["push_to_hub", "save_for_hub"]
 
 TASK = "unconditional-image-generation"
 BASE_TAGS = [TASK, "ddpm_plugin", "diffusers"]
-# top-level modules that copied model code may import (besides the standard library)
-ALLOWED_IMPORTS = frozenset({"torch", "diffusers", "numpy", "PIL"})
+# top-level modules that copied model code may import (besides the standard library): diffusers and what it requires
+ALLOWED_IMPORTS = frozenset({"torch", "diffusers", "numpy", "PIL", "safetensors"})
 _RELATIVE_IMPORT_RES = (
     re.compile(r"^\s*from\s+\.(\S+)\s+import", flags=re.MULTILINE),  # the patterns of diffusers'
     re.compile(r"^\s*import\s+\.(\S+)\s*$", flags=re.MULTILINE),  # `get_relative_imports`

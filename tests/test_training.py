@@ -146,6 +146,23 @@ def test_config_file_then_cli_override(tmp_path, suffix):
     assert parse_args(["--config", str(path)]).learning_rate == 1e-3
 
 
+def test_cli_flag_forms():
+    """Booleans as --flag / --no-flag, optional values as 'none', lists with several values or none."""
+    config = parse_args(
+        ["--no-center_crop", "--random_flip", "--no-progress_bar", "--max_grad_norm", "none", "--snr_gamma", "5",
+         "--channel_mult", "1", "2", "--attention_resolutions", "--resume", "latest"]
+    )  # fmt: skip
+    assert (config.center_crop, config.random_flip, config.progress_bar) == (False, True, False)
+    assert config.max_grad_norm is None and config.snr_gamma == 5.0
+    assert config.channel_mult == [1, 2] and config.attention_resolutions == []
+    assert config.resume == "latest"
+    assert parse_args(["--stage", "vae", "--no-random_flip"]).random_flip is False
+    defaults = parse_args([])
+    assert defaults == TrainingConfig() and defaults.max_grad_norm == 1.0
+    with pytest.raises(SystemExit):  # not one of the choices
+        parse_args(["--stage", "gan"])
+
+
 def test_config_errors_name_the_bad_value(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("learning_rat: 0.1\n")

@@ -1,8 +1,8 @@
 """The training configuration: one dataclass, one comment per field, turned into CLI flags generically.
 
-`TrainingConfig` holds every setting of a run. `build_parser` makes one argparse flag per field (the help text is the
-field's `help` metadata); `parse_args` merges, in increasing priority, the dataclass defaults, a `--config` YAML/JSON
-file and the flags given on the command line, then validates the result.
+`TrainingConfig` holds every setting of a run. `build_parser` makes one flag per field with transformers'
+`HfArgumentParser` (the help text is the field's `help` metadata); `parse_args` merges, in increasing priority, the
+dataclass defaults, a `--config` YAML/JSON file and the flags given on the command line, then validates the result.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # the CLI needs transformers (the `train` extra); the config itself does not
+    from transformers import HfArgumentParser
 
 __all__ = ["TrainingConfig", "build_parser", "load_config_file", "parse_args", "config_from_dict"]
 
@@ -50,8 +53,9 @@ class TrainingConfig:
     output_dir: str = _f("runs/ddpm", "Run folder: checkpoints/, logs/, samples/ and the final pipeline/ (vae/).")
     init_from: str | None = _f(
         None,
-        "Fine-tune: start from a pipeline folder, a model folder or a Hub id (a diffusers UNet2DModel is converted; "
-        "the VAE stage takes an AutoencoderKL). Scheduler config and architecture come from there.",
+        "Fine-tune: start from a bundled model (bundled:pixel, bundled:latent), a pipeline folder, a model folder or a "
+        "Hub id (a diffusers UNet2DModel is converted; the VAE stage takes an AutoencoderKL). Scheduler config and "
+        "architecture come from there.",
     )
     resume: str | None = _f(None, "Resume: 'latest' (newest complete checkpoint in output_dir) or a checkpoint path.")
     seed: int = _f(0, "Random seed (model init, data order; noise/timesteps use seed + 1000 * process index).")
@@ -260,13 +264,15 @@ def _none_or(convert):
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """An argparse parser with one flag per `TrainingConfig` field, plus `--config FILE`.
-
-    Flags that are not given stay unset (`argparse.SUPPRESS`), so that a `--config` file can fill them; the help text
-    shows the field's comment and its dataclass default.
+def build_parser() -> HfArgumentParser:
+    """transformers' `HfArgumentParser` for `TrainingConfig` (one flag per field, its `help` metadata, defaults shown),
+    plus `--config FILE`, with three things kept from this CLI: every boolean also has `--no-<name>`, optional values
+    accept `none`, and lists may be empty (`--attention_resolutions` alone: no attention).
     """
-    parser = argparse.ArgumentParser(
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(
+        TrainingConfig,
         prog="ddpm-train",
         description=(
             "Train the DDPM plugin's models with accelerate: --stage vae trains the AutoencoderKL, --stage unet the "
@@ -274,26 +280,21 @@ def build_parser() -> argparse.ArgumentParser:
             "then --config FILE (YAML or JSON), then these flags. Booleans: --flag / --no-flag; optional values "
             "accept 'none'; lists take several values (--channel_mult 1 2 2)."
         ),
-        argument_default=argparse.SUPPRESS,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", type=str, help="YAML or JSON file of settings (flags given here override it).")
     hints = _field_types()
-    for f in dataclasses.fields(TrainingConfig):
-        tp, optional = _unwrap_optional(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        shown = " ".join(map(str, default)) if isinstance(default, list) else default
-        help_text = f"{f.metadata.get('help', '')} (default: {shown})".replace("%", "%%")
-        flag = f"--{f.name}"
-        if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-        elif typing.get_origin(tp) is list:
-            (item,) = typing.get_args(tp)
-            parser.add_argument(flag, type=item, nargs="*", metavar=item.__name__.upper(), help=help_text)
-        elif typing.get_origin(tp) is Literal:
-            parser.add_argument(flag, type=str, choices=typing.get_args(tp), help=help_text)
-        else:
-            convert = _none_or(tp) if optional else tp
-            parser.add_argument(flag, type=convert, metavar=tp.__name__.upper(), help=help_text)
+    options = {option for action in parser._actions for option in action.option_strings}
+    for action in list(parser._actions):
+        if action.dest not in hints or action.option_strings[0] != f"--{action.dest}":
+            continue  # --help, --config, HfArgumentParser's --no_<name> of booleans that default to True
+        tp, optional = _unwrap_optional(hints[action.dest])
+        if tp is bool and f"--no-{action.dest}" not in options:
+            parser.add_argument(f"--no-{action.dest}", action="store_false", dest=action.dest, help=argparse.SUPPRESS)
+        elif optional:
+            action.type = _none_or(action.type)
+        if action.nargs == "+":
+            action.nargs = "*"
     return parser
 
 
@@ -350,10 +351,11 @@ def config_from_dict(values: dict[str, Any]) -> TrainingConfig:
 
 def parse_args(argv: list[str] | None = None) -> TrainingConfig:
     """Defaults < `--config` file < command-line flags; returns the validated `TrainingConfig`."""
-    namespace = vars(build_parser().parse_args(argv))
-    values: dict[str, Any] = {}
-    config_path = namespace.pop("config", None)
+    parser = build_parser()
+    config_path = parser.parse_known_args(argv)[0].config
     if config_path is not None:
-        values.update(load_config_file(config_path))
-    values.update(namespace)
-    return config_from_dict(values).validate()
+        values = load_config_file(config_path)
+        checked = config_from_dict(values)  # unknown keys and wrong types, named
+        parser.set_defaults(**{key: getattr(checked, key) for key in values})
+    config, _ = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
+    return config.validate()
