@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import weakref
 from typing import Literal
@@ -61,8 +60,7 @@ def _full_chain(scheduler):
         return scheduler
     full = _FULL_CHAIN_COPIES.get(scheduler)
     if full is None:
-        full = copy.deepcopy(scheduler)
-        full.set_timesteps(timesteps=list(range(num_train - 1, -1, -1)))
+        full = scheduler.chain_copy()
         _FULL_CHAIN_COPIES[scheduler] = full
     return full
 

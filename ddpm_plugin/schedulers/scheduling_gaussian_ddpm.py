@@ -11,6 +11,7 @@ likelihood code (`ddpm_plugin.likelihood`) all read it, so sampling, training an
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -366,6 +367,20 @@ class GaussianDDPMScheduler(SchedulerMixin, ConfigMixin):
                 )
         self.timesteps = torch.from_numpy(ts).to(device)
         self._set_chain(ts)
+
+    def chain_copy(self, num_inference_steps: int | None = None) -> GaussianDDPMScheduler:
+        """
+        A deep copy of this scheduler set to the full chain T-1..0 (`num_inference_steps=None` or T), or to the
+        respaced chain of `set_timesteps(num_inference_steps)`; this scheduler is not modified. The likelihood and
+        the training losses evaluate the bound on such a copy.
+        """
+        num_train = self.config.num_train_timesteps
+        chain = copy.deepcopy(self)
+        if num_inference_steps is None or num_inference_steps == num_train:
+            chain.set_timesteps(timesteps=list(range(num_train - 1, -1, -1)))
+        else:
+            chain.set_timesteps(num_inference_steps)
+        return chain
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
         """The timestep that follows `timestep` in the current chain; -1 after the last one (x_0)."""
