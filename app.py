@@ -2,7 +2,7 @@
 """Watch a DDPM sample emerge from noise, step by step: the Gradio app (Hugging Face Spaces entry point).
 
 UI only: sampling, previews, the forward process, the likelihood and the VAE come from `ddpm_plugin` (pipelines'
-`iter_previews`, the scheduler's `add_noise` / `alphas_cumprod`, `bits_per_dim`) through `ddpm_plugin.app_support`.
+`iter_previews`, the scheduler's `add_noise` / `alphas_cumprod`, `bits_per_dim`) through `ddpm_plugin.app`.
 Importing this module builds `demo` and nothing else: models load on first use and are cached.
 
     python app.py [--host 127.0.0.1] [--port 7860] [--model bundled:latent | bundled:pixel | FOLDER | HUB_ID]
@@ -31,7 +31,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ddpm_plugin import app_support as support
+from ddpm_plugin import app as support
 
 logger = logging.getLogger("ddpm_app")
 

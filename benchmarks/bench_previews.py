@@ -81,7 +81,7 @@ def random_pipeline(kind: str, folder: str) -> str:
 
 def default_models(folder: str) -> list[tuple[str, str]]:
     """(label, model id) of the bundled models, or of random stand-ins where a bundled one does not load."""
-    from ddpm_plugin import app_support
+    from ddpm_plugin import app as app_support
 
     models = []
     for kind in ("pixel", "latent"):
