@@ -342,7 +342,7 @@ def likelihood_summary(result, caption: str, elapsed: float) -> str:
     }
     return (
         text
-        + " Latent model (LSGM bound, MATH.md section 4): the VAE's terms plus the diffusion bound on z_0, whose "
+        + " Latent model (LSGM bound, docs/maths.md [LAT2]): the VAE's terms plus the diffusion bound on z_0, whose "
         + "terms the plot shows.\n\n"
         + likelihood_table(latent, count)
         + "\n\nThe diffusion bound on −log p(z_0):\n\n"
@@ -360,7 +360,7 @@ def likelihood(
     full_chain: bool,
     seed: float,
 ):
-    """Bits/dim (the ELBO of MATH.md section 3) of held-out digits or an upload, and where the bits go."""
+    """Bits/dim (the ELBO of docs/maths.md [ELBO]) of held-out digits or an upload, and where the bits go."""
     first_index = check_int("first digit", first_index, 0, 10**6)
     count = check_int("number of digits", count, 1, MAX_LIKELIHOOD_DIGITS)
     num_timesteps = check_int("timesteps", num_timesteps, 1, support.MAX_STEPS)

@@ -105,7 +105,7 @@ def estimate_latent_scale(
     vae, images: torch.Tensor, batch_size: int = 64, generator: torch.Generator | None = None
 ) -> float:
     """
-    s = 1 / std(z) over z ~ q_phi(z | x) for the given images (MATH.md section 4, latent-diffusion's
+    s = 1 / std(z) over z ~ q_phi(z | x) for the given images (docs/maths.md [LAT1], latent-diffusion's
     `scale_by_std`): the std is taken over all latent elements of all images (around their mean), in float64.
 
     Args:
@@ -147,7 +147,7 @@ def fit_decoder_log_scale(
     vae, images: torch.Tensor, *, batch_size: int = 64, generator: torch.Generator | None = None
 ) -> float:
     """
-    The scalar log-std of the pixel decoder p_psi(x | z) of the latent NLL bound (MATH.md section 4): a discretized
+    The scalar log-std of the pixel decoder p_psi(x | z) of the latent NLL bound (docs/maths.md [LAT2]): a discretized
     Gaussian over the 256 levels (Ho (13)) centred on `vae.decode(z).sample`, z ~ q_phi(z | x), fitted by maximum
     likelihood on `images` (a 1-D search).
 

@@ -1,6 +1,6 @@
 # Copyright 2026 The ddpm_plugin authors. Apache-2.0.
-"""The exact variational bound of a DDPM in bits per dimension (MATH.md section 3), and of the VAE latent variant
-(MATH.md section 4, the LSGM bound).
+"""The exact variational bound of a DDPM in bits per dimension (docs/maths.md [ELBO], [BPD]), and of the VAE latent variant
+(docs/maths.md [LAT2], the LSGM bound).
 
 This module is the one place for the terms of the bound: `normal_kl` (the L_{t-1} of Ho (5)),
 `discretized_gaussian_log_likelihood` (the decoder L_0 of Ho (13)), `gaussian_log_likelihood` (the continuous decoder
@@ -101,7 +101,7 @@ def discretized_gaussian_log_likelihood(
 
 def gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor | float) -> torch.Tensor:
     """Log-density of N(means, exp(log_scales)^2) at x, per element, in nats (float64): the continuous decoder that
-    replaces Ho (13) for latents, which are not 8-bit (MATH.md section 4)."""
+    replaces Ho (13) for latents, which are not 8-bit (docs/maths.md [LAT2])."""
     x = x.double()
     means = means.double()
     log_scales = torch.as_tensor(log_scales, dtype=torch.float64, device=x.device)
@@ -196,7 +196,7 @@ def fit_discretized_log_scale(
 @dataclass
 class BitsPerDimOutput:
     """
-    The variational bound -log p(x) <= L of MATH.md sections 3-4, per image, in bits per (pixel) dimension.
+    The variational bound -log p(x) <= L of docs/maths.md [ELBO] and [LAT2], per image, in bits per (pixel) dimension.
 
     `bpd = prior_bpd + timestep_bpd.sum(1) + decoder_bpd` for a pixel model; for a latent model
     `bpd = reconstruction_bpd + posterior_log_prob_bpd + latent_prior_bpd + log_scale_bpd`, where
@@ -376,7 +376,7 @@ def bits_per_dim(
     num_timesteps: int | None = None,
 ) -> BitsPerDimOutput:
     """
-    The full variational bound of MATH.md section 3 (pixel model) or 4 (latent model), in bits per dimension.
+    The full variational bound of docs/maths.md [ELBO] (pixel model) or [LAT2] (latent model), in bits per dimension.
 
     Pixel model, Ho (5): `L = L_T + sum_{t>1} L_{t-1} + L_0` with
     - `L_T = KL(q(x_T | x_0) || N(0, I))`,
@@ -393,7 +393,7 @@ def bits_per_dim(
     next step, as improved-diffusion's `posterior_log_variance_clipped` does; `fixed_large` uses beta_1. This is
     the scheduler's `p_mean_variance`, the same distribution its `step` samples from.
 
-    Latent model (`vae` given), the LSGM bound of MATH.md section 4, in *pixel* bits/dim:
+    Latent model (`vae` given), the LSGM bound of docs/maths.md [LAT2], in *pixel* bits/dim:
     `-log p(x) <= E_q[-log p_psi(x | z)] + E_q[log q_phi(z | x)] - E_q[log p_theta(z)]`, one sample
     z ~ q_phi(z | x) per image, z_0 = s z with s = `vae.config.scaling_factor`,
     `-log p_theta(z) = -log p_theta(z_0) - d log s` (d latent dimensions), `-log p_theta(z_0)` bounded by the

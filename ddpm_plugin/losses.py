@@ -1,5 +1,5 @@
 # Copyright 2026 The ddpm_plugin authors. Apache-2.0.
-"""Training losses of a DDPM (MATH.md section 3), built from the same scheduler quantities and the same bound terms as
+"""Training losses of a DDPM (docs/maths.md [SIMPLE], [ELBO]), built from the same scheduler quantities and the same bound terms as
 `ddpm_plugin.likelihood`, so training and evaluation cannot disagree.
 
 - `simple_loss`: L_simple, Ho (14), with the target of the scheduler's prediction type and optional min-SNR-gamma

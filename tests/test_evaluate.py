@@ -58,7 +58,9 @@ def test_frechet_distance_matches_scipy_sqrtm_for_non_commuting_covariances():
     mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
     reference = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
     assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference, rel=1e-8)
-    assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(metrics.frechet_distance(mu2, s2, mu1, s1), rel=1e-10)
+    assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(
+        metrics.frechet_distance(mu2, s2, mu1, s1), rel=1e-10
+    )
 
 
 def test_frechet_distance_of_identical_sets_is_zero_also_when_covariance_is_singular():

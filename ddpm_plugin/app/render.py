@@ -145,7 +145,7 @@ class PreviewRenderer:
 
     Pixel pipelines run with `output_type="np"`: a preview is an array conversion and a grid. Latent pipelines run with
     `output_type="latent"`: the current z_t is shown as its latent channels (free), and the predicted z0_hat is decoded
-    with the VAE (MATH.md section 4) only while decoding has taken at most `budget` of the sampling time so far (the
+    with the VAE (docs/maths.md [LAT1]) only while decoding has taken at most `budget` of the sampling time so far (the
     first preview is always decoded), so previews every step cost little however slow the decoder is; between decodes
     the last x0_hat stays on screen. The final item is always decoded in full.
 

@@ -1,5 +1,5 @@
 # Copyright 2026 The ddpm_plugin authors. Apache-2.0.
-"""The Gaussian DDPM scheduler of Ho, Jain & Abbeel (2020), with the ELBO terms (MATH.md sections 1-3).
+"""The Gaussian DDPM scheduler of Ho, Jain & Abbeel (2020), with the ELBO terms (docs/maths.md sections 1-3).
 
 Equation numbers: "Ho (n)" is Ho et al. 2020 (arXiv 2006.11239), "ND (n)" is Nichol & Dhariwal 2021 (arXiv 2102.09672).
 Index convention: diffusers counts timesteps 0..T-1, so diffusers' `t` is the paper's `t + 1`, and t = 0 is the
