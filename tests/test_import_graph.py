@@ -81,8 +81,8 @@ def read_imports(package_dir: Path) -> tuple[set[str], list[tuple[str, str, str 
 
 
 def import_graph(package_dir: Path) -> dict[str, set[str]]:
-    """module -> the package modules it imports (a package's `__init__` is left out as a target: importing a
-    submodule runs it, but it is the entry point, not a dependency)."""
+    """module -> the package modules it imports (a package's `__init__` counts as the module named by the package;
+    `importlib.import_module` calls with computed names, as in the root's lazy exports, are not seen)."""
     modules, imports = read_imports(package_dir)
     graph = {m: set() for m in modules}
     for importer, imported, _ in imports:
