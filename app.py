@@ -2,7 +2,7 @@
 """Watch a DDPM sample emerge from noise, step by step: the Gradio app (Hugging Face Spaces entry point).
 
 UI only: sampling, previews, the forward process, the likelihood and the VAE come from `ddpm_plugin` (pipelines'
-`iter_previews`, the scheduler's `add_noise` / `alphas_cumprod`, `bits_per_dim`) through `ddpm_plugin.app_support`.
+`iter_previews`, the scheduler's `add_noise` / `alphas_cumprod`, `bits_per_dim`) through `ddpm_plugin.app`.
 Importing this module builds `demo` and nothing else: models load on first use and are cached.
 
     python app.py [--host 127.0.0.1] [--port 7860] [--model bundled:latent | bundled:pixel | FOLDER | HUB_ID]
@@ -31,7 +31,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ddpm_plugin import app_support as support
+from ddpm_plugin import app as support
 
 logger = logging.getLogger("ddpm_app")
 
@@ -342,7 +342,7 @@ def likelihood_summary(result, caption: str, elapsed: float) -> str:
     }
     return (
         text
-        + " Latent model (LSGM bound, MATH.md section 4): the VAE's terms plus the diffusion bound on z_0, whose "
+        + " Latent model (LSGM bound, docs/maths.md [LAT2]): the VAE's terms plus the diffusion bound on z_0, whose "
         + "terms the plot shows.\n\n"
         + likelihood_table(latent, count)
         + "\n\nThe diffusion bound on −log p(z_0):\n\n"
@@ -360,7 +360,7 @@ def likelihood(
     full_chain: bool,
     seed: float,
 ):
-    """Bits/dim (the ELBO of MATH.md section 3) of held-out digits or an upload, and where the bits go."""
+    """Bits/dim (the ELBO of docs/maths.md [ELBO]) of held-out digits or an upload, and where the bits go."""
     first_index = check_int("first digit", first_index, 0, 10**6)
     count = check_int("number of digits", count, 1, MAX_LIKELIHOOD_DIGITS)
     num_timesteps = check_int("timesteps", num_timesteps, 1, support.MAX_STEPS)

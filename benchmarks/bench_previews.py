@@ -81,12 +81,12 @@ def random_pipeline(kind: str, folder: str) -> str:
 
 def default_models(folder: str) -> list[tuple[str, str]]:
     """(label, model id) of the bundled models, or of random stand-ins where a bundled one does not load."""
-    from ddpm_plugin import app_support
+    from ddpm_plugin import app as app_helpers
 
     models = []
     for kind in ("pixel", "latent"):
         try:
-            app_support.load_pipeline(f"bundled:{kind}")
+            app_helpers.load_pipeline(f"bundled:{kind}")
             models.append((f"bundled {kind}", f"bundled:{kind}"))
         except ValueError as err:
             print(f"(bundled:{kind} does not load: {str(err)[:100]}...; using a random {kind} pipeline)")

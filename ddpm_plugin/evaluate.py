@@ -1,5 +1,6 @@
 # Copyright 2026 The ddpm_plugin authors. Apache-2.0.
-"""Sample quality and likelihood of an MNIST pipeline, measured with the digit judge (`ddpm_plugin.judge`).
+"""Sample quality and likelihood of an MNIST pipeline, measured with the digit judge (`ddpm_plugin.judge`) and the
+metrics of `ddpm_plugin.metrics`.
 
     python -m ddpm_plugin.evaluate --model latent|pixel|<folder> --num-samples 1000 --num-inference-steps 100 \\
         --scheduler ddpm|ddim --seed 0 [--bpd] [--bpd-timesteps K] [--bpd-num-images 500] [--out results.json]
@@ -25,7 +26,6 @@ own section of the card (`write_tradeoff_to_card`).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -35,29 +35,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .judge import DigitJudge, judge_images, load_judge
+from .data import cached_mnist_split
+from .judge import DigitJudge, judge_images, load_judge, reference_frechet_distance
+from .metrics import CONFIDENCE_THRESHOLD, feature_statistics, frechet_distance, judge_summary
 from .sample import SCHEDULERS, UnsupportedSamplerError, generators_for, load_pipeline, set_scheduler
 
 __all__ = [
-    "CONFIDENCE_THRESHOLD",
     "TARGETS",
     "check_targets",
-    "compute_reference",
     "evaluate_pipeline",
-    "feature_statistics",
-    "frechet_distance",
-    "frechet_distance_from_features",
-    "judge_summary",
     "metrics_markdown",
-    "reference_frechet_distance",
     "tradeoff",
     "tradeoff_markdown",
     "write_metrics_to_card",
     "write_tradeoff_to_card",
-    "write_reference",
 ]
 
-CONFIDENCE_THRESHOLD = 0.9
 # the quality bar of the bundled MNIST models
 TARGETS = {
     "confident_share_min": 0.90,  # share of samples judged with probability >= CONFIDENCE_THRESHOLD
@@ -73,153 +66,7 @@ TRADEOFF_CARD_BEGIN = "<!-- ddpm_plugin.evaluate tradeoff: begin -->"
 TRADEOFF_CARD_END = "<!-- ddpm_plugin.evaluate tradeoff: end -->"
 
 
-# ---------------------------------------------------------------------------------------------------- Frechet
-def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean `(dim,)` and unbiased covariance `(dim, dim)` of features `(num_samples, dim)`, in float64."""
-    features = np.asarray(features, dtype=np.float64)
-    if features.ndim != 2 or features.shape[0] < 2:
-        raise ValueError(f"need features of shape (num_samples >= 2, dim), got {features.shape}.")
-    return features.mean(axis=0), np.cov(features, rowvar=False)
-
-
-def _sqrtm_psd(matrix: np.ndarray) -> np.ndarray:
-    """Square root of a symmetric positive semi-definite matrix (eigenvalues clipped at 0 against round-off)."""
-    eigenvalues, eigenvectors = np.linalg.eigh((matrix + matrix.T) / 2)
-    return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
-
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """
-    The Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2):
-    `d^2 = ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))`.
-
-    `(sigma1 sigma2)^(1/2)` has the trace of `(sigma1^(1/2) sigma2 sigma1^(1/2))^(1/2)` (the two are similar), which is
-    symmetric positive semi-definite, so the trace comes from a symmetric eigendecomposition: real and stable also
-    for the singular covariances of few samples in many dimensions.
-    """
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
-        raise ValueError(
-            f"mismatched shapes: mu1 {mu1.shape}, mu2 {mu2.shape}, sigma1 {sigma1.shape}, sigma2 {sigma2.shape}."
-        )
-    root1 = _sqrtm_psd(sigma1)
-    middle = root1 @ sigma2 @ root1
-    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum()
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
-
-
-def frechet_distance_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
-    """`frechet_distance` between the Gaussians fitted to two feature sets `(n1, dim)` and `(n2, dim)`."""
-    return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
-
-
-# ---------------------------------------------------------------------------------------------------- judge outputs
-def judge_summary(probs: np.ndarray, threshold: float = CONFIDENCE_THRESHOLD) -> dict:
-    """
-    Confident share and class histogram of judge probabilities `(num_samples, num_classes)`.
-
-    Returns:
-        `{"confident_share", "class_shares" (list, share of samples per argmax class, summing to 1),
-        "confident_class_shares" (per class, among the confident samples only), "mean_confidence"}`. A sample with
-        non-finite probabilities (a broken model) counts as not confident and is in no class.
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2 or probs.shape[0] == 0:
-        raise ValueError(f"need probabilities of shape (num_samples > 0, num_classes), got {probs.shape}.")
-    num_samples, num_classes = probs.shape
-    finite = np.isfinite(probs).all(axis=1)
-    confidence = np.where(finite, np.nan_to_num(probs).max(axis=1), 0.0)
-    labels = np.nan_to_num(probs).argmax(axis=1)
-    confident = finite & (confidence >= threshold)
-    class_counts = np.bincount(labels[finite], minlength=num_classes)
-    confident_counts = np.bincount(labels[confident], minlength=num_classes)
-    return {
-        "confident_share": float(confident.mean()),
-        "class_shares": (class_counts / num_samples).tolist(),
-        "confident_class_shares": (confident_counts / max(int(confident.sum()), 1)).tolist(),
-        "mean_confidence": float(confidence.mean()),
-    }
-
-
 # ---------------------------------------------------------------------------------------------------- data
-_DATA_CACHE: dict = {}
-
-
-def _mnist_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """`training.data.mnist_split(seed=0)`: the split the models and the judge were trained on (cached)."""
-    if "split" not in _DATA_CACHE:
-        try:
-            from training.data import mnist_split
-        except ImportError as error:
-            raise ImportError(
-                f"the evaluation needs the MNIST split of the training module ({error}); run from the repository with "
-                "the [train] extra installed: pip install -e '.[train]'."
-            ) from None
-        _DATA_CACHE["split"] = mnist_split(seed=0)
-    return _DATA_CACHE["split"]
-
-
-REFERENCE_STATS_NAME = "reference_stats.npz"
-
-
-def judge_fingerprint(judge: DigitJudge) -> str:
-    """SHA-256 of the judge's weights and buffers: which judge a stored reference belongs to."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(judge.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def compute_reference(judge: DigitJudge) -> dict:
-    """
-    The real-data side of the metrics, from `training.data.mnist_split(seed=0)`: the mean and covariance of the
-    judge's features of the 500 held-out digits (what generated samples are compared with), the real-vs-real
-    reference Frechet distance (held-out against the 4,500 training digits), and the judge's held-out accuracy and
-    confident share.
-    """
-    train_x, _, heldout_x, heldout_y = _mnist_data()
-    heldout_probs, heldout_features = judge_images(judge, heldout_x)
-    _, train_features = judge_images(judge, train_x)
-    heldout_mu, heldout_sigma = feature_statistics(heldout_features)
-    return {
-        "heldout_mu": heldout_mu,
-        "heldout_sigma": heldout_sigma,
-        "frechet_reference": frechet_distance(heldout_mu, heldout_sigma, *feature_statistics(train_features)),
-        "judge_heldout_accuracy": float((heldout_probs.argmax(axis=1) == heldout_y).mean()),
-        "heldout_confident_share": judge_summary(heldout_probs)["confident_share"],
-    }
-
-
-def write_reference(judge: DigitJudge, folder: str | os.PathLike, reference: dict | None = None) -> Path:
-    """Stores `reference` (default: `compute_reference(judge)`) with the judge's fingerprint in
-    `folder/reference_stats.npz`."""
-    path = Path(folder) / REFERENCE_STATS_NAME
-    reference = compute_reference(judge) if reference is None else reference
-    np.savez(path, fingerprint=judge_fingerprint(judge), **reference)
-    return path
-
-
-def reference_frechet_distance(judge: DigitJudge) -> dict:
-    """
-    `compute_reference(judge)`, read from the `reference_stats.npz` next to the judge's weights when it was stored for
-    these very weights (the shipped judge has one: no pass over the 5,000 real digits), computed otherwise; cached.
-    """
-    fingerprint = judge_fingerprint(judge)
-    if fingerprint not in _DATA_CACHE:
-        path = Path(str(getattr(judge.config, "_name_or_path", ""))) / REFERENCE_STATS_NAME
-        reference = None
-        if path.is_file():
-            with np.load(path) as stored:
-                if str(stored["fingerprint"]) == fingerprint:
-                    reference = {k: (stored[k] if stored[k].ndim else stored[k].item()) for k in stored.files}
-                    del reference["fingerprint"]
-        _DATA_CACHE[fingerprint] = reference if reference is not None else compute_reference(judge)
-    return _DATA_CACHE[fingerprint]
-
-
 def _is_latent(pipe) -> bool:
     return getattr(pipe, "vae", None) is not None
 
@@ -236,7 +83,7 @@ def _image_resolution(pipe) -> int:
 def _heldout_for_bpd(pipe, num_images: int | None) -> torch.Tensor:
     """Held-out digits as `(num_images, 1, resolution, resolution)` on the 256-level grid in [-1, 1] (k / 127.5 - 1),
     padded with background to 32x32 for models of padded MNIST, as in training."""
-    _, _, heldout_x, _ = _mnist_data()
+    _, _, heldout_x, _ = cached_mnist_split(seed=0)
     images = torch.from_numpy(heldout_x[:num_images]).double()[:, None] / 127.5 - 1.0  # (N, 1, 28, 28)
     resolution = _image_resolution(pipe)
     if resolution == 32:

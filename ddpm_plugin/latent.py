@@ -1,6 +1,10 @@
 # Copyright 2026 The ddpm_plugin authors. Apache-2.0.
-"""The frozen VAE of the latent model (MATH.md section 4): the latent scale s and the pixel decoder of the NLL bound.
+"""The frozen VAE of the latent model (docs/maths.md section 4): moving between pixels and the scaled latent space,
+the latent scale s and the pixel decoder of the NLL bound.
 
+- `images_to_latents` / `latents_from_posterior`: z_0 = s z, z ~ q_phi(z | x) (or its mode), [LAT1];
+  `latents_to_images`: x = D(z_0 / s). The one home of this move for the library, the trainer and the app (the latent
+  pipeline's `decode_latents` is the same line: its file is copied into Hub folders, which cannot import this module).
 - `estimate_latent_scale`: s = 1 / std(z), z ~ q_phi(z | x) over the data (latent-diffusion's `scale_by_std`);
   `set_latent_scale` stores it in `vae.config.scaling_factor`, which the latent pipeline and `bits_per_dim` read.
 - `fit_decoder_log_scale`: the scalar log-std of the discretized Gaussian p_psi(x | z) over the 256 pixel levels,
@@ -15,108 +19,85 @@ import math
 
 import torch
 
-from .likelihood import (
+from ._utils import (
     DECODER_LOG_SCALE_KEY,
-    _placement,
-    _randn,
-    check_images,
-    discretized_gaussian_log_likelihood,
+    check_batch_size,
+    check_vae,
+    decode_means,
+    encode_moments,
     get_decoder_log_scale,
+    get_latent_scale,
+    placement,
+    randn_float64,
 )
+from .likelihood import check_images, fit_discretized_log_scale
 
 __all__ = [
+    "DECODER_LOG_SCALE_KEY",
     "estimate_latent_scale",
     "fit_decoder_log_scale",
     "get_decoder_log_scale",
     "get_latent_scale",
+    "images_to_latents",
+    "latents_from_posterior",
+    "latents_to_images",
     "set_decoder_log_scale",
     "set_latent_scale",
 ]
 
 
-def _check_vae(vae) -> None:
-    if not hasattr(vae, "encode") or not hasattr(vae, "decode") or not hasattr(vae, "config"):
-        raise ValueError(
-            f"vae is a {type(vae).__name__}; it must be a diffusers.AutoencoderKL (with encode, decode and config)."
-        )
+# ---------------------------------------------------------------------------------------------------- pixels <-> z_0
+def latents_from_posterior(
+    posterior, scale: float, generator: torch.Generator | None = None, *, mode: bool = False
+) -> torch.Tensor:
+    """z_0 = s z with z ~ q_phi(z | x) (`mode=True`: the posterior mean), docs/maths.md [LAT1]; `posterior` is a
+    diffusers `DiagonalGaussianDistribution` (`vae.encode(x).latent_dist`, or one rebuilt from cached moments)."""
+    z = posterior.mode() if mode else posterior.sample(generator=generator)
+    return z * scale
 
 
-def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
-
-
-def get_latent_scale(vae) -> float:
-    """s = `vae.config.scaling_factor`, checked to be a positive finite number (z_0 = s z)."""
-    _check_vae(vae)
-    scale = vae.config.get("scaling_factor", None) if hasattr(vae.config, "get") else None
-    if scale is None or not math.isfinite(float(scale)) or float(scale) <= 0:
-        raise ValueError(
-            f"vae.config.scaling_factor={scale!r}; it must be a positive number (estimate it with "
-            "ddpm_plugin.latent.estimate_latent_scale and store it with set_latent_scale)."
-        )
-    shift = vae.config.get("shift_factor", None)
-    if shift not in (None, 0, 0.0):
-        raise ValueError(
-            f"vae.config.shift_factor={shift!r} is not supported: this package uses z_0 = s z (MATH.md section 4); "
-            "set shift_factor to None."
-        )
-    return float(scale)
-
-
-@torch.no_grad()
-def _encode_moments(vae, images: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and log-variance of q_phi(z | x), each `(batch_size, latent_channels, h, w)` float64 on the vae's
-    device; the vae keeps its dtype and device."""
-    device, dtype = _placement(vae, images)
-    means, logvars = [], []
-    for start in range(0, images.shape[0], batch_size):
-        chunk = images[start : start + batch_size].to(device, dtype)
-        posterior = vae.encode(chunk).latent_dist
-        means.append(posterior.mean.double())
-        logvars.append(posterior.logvar.double())
-    return torch.cat(means), torch.cat(logvars)
-
-
-@torch.no_grad()
-def _decode_means(vae, latents: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """`vae.decode(z).sample` in chunks, `(batch_size, num_channels, height, width)` float64."""
-    device, dtype = _placement(vae, latents)
-    out = [
-        vae.decode(latents[start : start + batch_size].to(device, dtype)).sample.double()
-        for start in range(0, latents.shape[0], batch_size)
-    ]
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def _fit_log_scale(images: torch.Tensor, means: torch.Tensor, low: float = -12.0, high: float = 3.0) -> float:
+def images_to_latents(
+    vae,
+    images: torch.Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    mode: bool = False,
+    scale: float | None = None,
+) -> torch.Tensor:
     """
-    Maximum-likelihood log-std of the discretized Gaussian p(x | mu) (Ho (13) over the 256 levels) with a single
-    scalar scale: a grid search over [low, high] followed by a golden-section refinement of the best bracket.
+    Pixels to the diffusion's data in latent space: z_0 = s E(x), docs/maths.md [LAT1].
+
+    Args:
+        vae ([`diffusers.AutoencoderKL`]): the frozen autoencoder.
+        images (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`): in [-1, 1], on the vae's device.
+        generator (`torch.Generator`, *optional*): the source of z ~ q_phi(z | x).
+        mode (`bool`): take the posterior mean instead of a sample.
+        scale (`float`, *optional*): s; defaults to `vae.config.scaling_factor` ([`get_latent_scale`]).
+
+    Returns:
+        `torch.Tensor` of shape `(batch_size, latent_channels, h, w)`.
     """
-    images = images.to(means.device)
+    scale = get_latent_scale(vae) if scale is None else scale
+    return latents_from_posterior(vae.encode(images).latent_dist, scale, generator, mode=mode)
 
-    def log_likelihood(log_scale: float) -> float:
-        return float(discretized_gaussian_log_likelihood(images, means, log_scale).mean())
 
-    grid = torch.linspace(low, high, 61).tolist()
-    values = [log_likelihood(v) for v in grid]
-    best = max(range(len(grid)), key=values.__getitem__)
-    a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-    ratio = (math.sqrt(5) - 1) / 2
-    c, d = b - ratio * (b - a), a + ratio * (b - a)
-    fc, fd = log_likelihood(c), log_likelihood(d)
-    while b - a > 1e-6:
-        if fc > fd:
-            b, d, fd = d, c, fc
-            c = b - ratio * (b - a)
-            fc = log_likelihood(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + ratio * (b - a)
-            fd = log_likelihood(d)
-    return (a + b) / 2
+def latents_to_images(vae, latents: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
+    """
+    The diffusion's latents back to pixels: x = D(z_0 / s), docs/maths.md [LAT1].
+
+    Args:
+        vae ([`diffusers.AutoencoderKL`]): the frozen autoencoder.
+        latents (`torch.Tensor` of shape `(batch_size, latent_channels, h, w)`): z_0.
+        scale (`float`, *optional*): s; defaults to `vae.config.scaling_factor` ([`get_latent_scale`]).
+
+    Returns:
+        `torch.Tensor` of shape `(batch_size, num_channels, height, width)`, about in [-1, 1] (not clamped).
+    """
+    scale = get_latent_scale(vae) if scale is None else scale
+    return vae.decode(latents.to(vae.dtype) / scale).sample
+
+
+# ---------------------------------------------------------------------------------------------------- s and p_psi
 
 
 @torch.no_grad()
@@ -124,7 +105,7 @@ def estimate_latent_scale(
     vae, images: torch.Tensor, batch_size: int = 64, generator: torch.Generator | None = None
 ) -> float:
     """
-    s = 1 / std(z) over z ~ q_phi(z | x) for the given images (MATH.md section 4, latent-diffusion's
+    s = 1 / std(z) over z ~ q_phi(z | x) for the given images (docs/maths.md [LAT1], latent-diffusion's
     `scale_by_std`): the std is taken over all latent elements of all images (around their mean), in float64.
 
     Args:
@@ -136,10 +117,10 @@ def estimate_latent_scale(
     Returns:
         `float`, the scale s; store it with [`set_latent_scale`].
     """
-    _check_vae(vae)
-    _check_batch_size(batch_size)
+    check_vae(vae)
+    check_batch_size(batch_size)
     x = check_images(images, on_grid=False)
-    device, dtype = _placement(vae, x)
+    device, dtype = placement(vae, x)
     count, total, total_sq = 0, 0.0, 0.0
     for start in range(0, x.shape[0], batch_size):
         posterior = vae.encode(x[start : start + batch_size].to(device, dtype)).latent_dist
@@ -155,7 +136,7 @@ def estimate_latent_scale(
 
 def set_latent_scale(vae, scale: float) -> None:
     """Stores s in `vae.config.scaling_factor` (saved with the vae, read by the latent pipeline and bits_per_dim)."""
-    _check_vae(vae)
+    check_vae(vae)
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale={scale!r} must be a positive finite number.")
     vae.register_to_config(scaling_factor=float(scale))
@@ -166,7 +147,7 @@ def fit_decoder_log_scale(
     vae, images: torch.Tensor, *, batch_size: int = 64, generator: torch.Generator | None = None
 ) -> float:
     """
-    The scalar log-std of the pixel decoder p_psi(x | z) of the latent NLL bound (MATH.md section 4): a discretized
+    The scalar log-std of the pixel decoder p_psi(x | z) of the latent NLL bound (docs/maths.md [LAT2]): a discretized
     Gaussian over the 256 levels (Ho (13)) centred on `vae.decode(z).sample`, z ~ q_phi(z | x), fitted by maximum
     likelihood on `images` (a 1-D search).
 
@@ -179,18 +160,18 @@ def fit_decoder_log_scale(
     Returns:
         `float`, the log-std; store it with [`set_decoder_log_scale`].
     """
-    _check_vae(vae)
-    _check_batch_size(batch_size)
+    check_vae(vae)
+    check_batch_size(batch_size)
     x = check_images(images)
-    mean, logvar = _encode_moments(vae, x, batch_size)
-    z = mean + torch.exp(0.5 * logvar) * _randn(mean.shape, generator, mean.device)
-    return _fit_log_scale(x, _decode_means(vae, z, batch_size))
+    mean, logvar = encode_moments(vae, x, batch_size)
+    z = mean + torch.exp(0.5 * logvar) * randn_float64(mean.shape, generator, mean.device)
+    return fit_discretized_log_scale(x, decode_means(vae, z, batch_size))
 
 
 def set_decoder_log_scale(vae, log_scale: float) -> None:
     """Stores the pixel decoder's log-std in `vae.config._decoder_log_scale` (saved with the vae's config.json), so
     `bits_per_dim(..., vae=vae)` uses it instead of fitting one on the evaluated images."""
-    _check_vae(vae)
+    check_vae(vae)
     if isinstance(log_scale, bool) or not isinstance(log_scale, int | float) or not math.isfinite(log_scale):
         raise ValueError(f"log_scale={log_scale!r} must be a finite number.")
     vae.register_to_config(**{DECODER_LOG_SCALE_KEY: float(log_scale)})

@@ -1,6 +1,6 @@
 # Copyright 2026 The ddpm_plugin authors. Apache-2.0.
-"""The exact variational bound of a DDPM in bits per dimension (MATH.md section 3), and of the VAE latent variant
-(MATH.md section 4, the LSGM bound).
+"""The exact variational bound of a DDPM in bits per dimension (docs/maths.md [ELBO], [BPD]), and of the VAE latent variant
+(docs/maths.md [LAT2], the LSGM bound).
 
 This module is the one place for the terms of the bound: `normal_kl` (the L_{t-1} of Ho (5)),
 `discretized_gaussian_log_likelihood` (the decoder L_0 of Ho (13)), `gaussian_log_likelihood` (the continuous decoder
@@ -14,12 +14,20 @@ Equation numbers: "Ho (n)" is Ho et al. 2020 (arXiv 2006.11239), "ND (n)" is Nic
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from ._utils import (
+    decode_means,
+    encode_moments,
+    get_decoder_log_scale,
+    get_latent_scale,
+    placement,
+    randn_float64,
+)
 
 # half the width of one of the 256 bins of 8-bit data scaled to [-1, 1]
 _HALF_BIN = 1.0 / 255.0
@@ -93,7 +101,7 @@ def discretized_gaussian_log_likelihood(
 
 def gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor | float) -> torch.Tensor:
     """Log-density of N(means, exp(log_scales)^2) at x, per element, in nats (float64): the continuous decoder that
-    replaces Ho (13) for latents, which are not 8-bit (MATH.md section 4)."""
+    replaces Ho (13) for latents, which are not 8-bit (docs/maths.md [LAT2])."""
     x = x.double()
     means = means.double()
     log_scales = torch.as_tensor(log_scales, dtype=torch.float64, device=x.device)
@@ -151,11 +159,44 @@ def vb_terms(
     return torch.where(true_variance == 0, decoder_nll(), kl)
 
 
+@torch.no_grad()
+def fit_discretized_log_scale(
+    images: torch.Tensor, means: torch.Tensor, low: float = -12.0, high: float = 3.0
+) -> float:
+    """
+    Maximum-likelihood log-std of the discretized Gaussian p(x | mu) (Ho (13) over the 256 levels, docs/maths.md
+    [L0]) with a single scalar scale: a grid search over [low, high] followed by a golden-section refinement of the
+    best bracket. `images` and `means` have the same shape `(batch_size, num_channels, height, width)`.
+    """
+    images = images.to(means.device)
+
+    def log_likelihood(log_scale: float) -> float:
+        return float(discretized_gaussian_log_likelihood(images, means, log_scale).mean())
+
+    grid = torch.linspace(low, high, 61).tolist()
+    values = [log_likelihood(v) for v in grid]
+    best = max(range(len(grid)), key=values.__getitem__)
+    a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = log_likelihood(c), log_likelihood(d)
+    while b - a > 1e-6:
+        if fc > fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = log_likelihood(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = log_likelihood(d)
+    return (a + b) / 2
+
+
 # ---------------------------------------------------------------------------------------------------- the result
 @dataclass
 class BitsPerDimOutput:
     """
-    The variational bound -log p(x) <= L of MATH.md sections 3-4, per image, in bits per (pixel) dimension.
+    The variational bound -log p(x) <= L of docs/maths.md [ELBO] and [LAT2], per image, in bits per (pixel) dimension.
 
     `bpd = prior_bpd + timestep_bpd.sum(1) + decoder_bpd` for a pixel model; for a latent model
     `bpd = reconstruction_bpd + posterior_log_prob_bpd + latent_prior_bpd + log_scale_bpd`, where
@@ -208,19 +249,6 @@ class BitsPerDimOutput:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-DECODER_LOG_SCALE_KEY = "_decoder_log_scale"
-
-
-def get_decoder_log_scale(vae) -> float | None:
-    """The pixel decoder's log-std stored by `ddpm_plugin.latent.set_decoder_log_scale` (`None` when there is none); VAEs saved by
-    ddpm_plugin 0.1 stored it under the public key `decoder_log_scale`, which is read too."""
-    config = getattr(vae, "config", None)
-    if config is None or not hasattr(config, "get"):
-        return None
-    value = config.get(DECODER_LOG_SCALE_KEY, config.get("decoder_log_scale", None))
-    return None if value is None else float(value)
-
-
 def check_images(images: torch.Tensor, *, on_grid: bool = True) -> torch.Tensor:
     """
     Validates 8-bit images scaled to [-1, 1] of shape `(batch_size, num_channels, height, width)` and returns them
@@ -263,20 +291,6 @@ def check_images(images: torch.Tensor, *, on_grid: bool = True) -> torch.Tensor:
     return snapped / 127.5 - 1.0
 
 
-def _placement(module, fallback: torch.Tensor) -> tuple[torch.device, torch.dtype]:
-    """Device and floating dtype of a module's parameters; a parameterless (analytic) model gets the data's."""
-    for p in module.parameters() if hasattr(module, "parameters") else ():
-        if p.is_floating_point():
-            return p.device, p.dtype
-    return fallback.device, fallback.dtype if fallback.is_floating_point() else torch.float32
-
-
-def _randn(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """Standard normal noise drawn in float32 on the generator's device (reproducible), as float64 on `device`."""
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device, torch.float64)
-
-
 def _model_output(unet, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     out = unet(sample, timesteps)
     if hasattr(out, "sample"):
@@ -289,7 +303,7 @@ def _model_output(unet, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.
 def _chain_scheduler(scheduler, num_timesteps: int | None):
     """A deep copy of the user's scheduler set to the full chain T-1..0, or to the respaced chain of
     `set_timesteps(num_timesteps)`; the user's scheduler is never modified."""
-    if not hasattr(scheduler, "p_mean_variance") or not hasattr(scheduler, "q_posterior_mean_variance"):
+    if not all(hasattr(scheduler, name) for name in ("p_mean_variance", "q_posterior_mean_variance", "chain_copy")):
         raise ValueError(
             f"scheduler is a {type(scheduler).__name__}; bits_per_dim needs a GaussianDDPMScheduler (convert with "
             "GaussianDDPMScheduler.from_config(scheduler.config))."
@@ -299,12 +313,7 @@ def _chain_scheduler(scheduler, num_timesteps: int | None):
         isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or not 1 <= num_timesteps <= num_train
     ):
         raise ValueError(f"num_timesteps={num_timesteps!r} must be an integer in [1, {num_train}] or None (all T).")
-    chain = copy.deepcopy(scheduler)
-    if num_timesteps is None or num_timesteps == num_train:
-        chain.set_timesteps(timesteps=list(range(num_train - 1, -1, -1)))
-    else:
-        chain.set_timesteps(num_timesteps)
-    return chain
+    return scheduler.chain_copy(num_timesteps)
 
 
 @torch.no_grad()
@@ -337,7 +346,7 @@ def _diffusion_bound_nats(
     decoder_term = torch.zeros(num_samples, dtype=torch.float64, device=device)
     for i, t in enumerate(chain):
         is_decoder = i == len(chain) - 1
-        noise = _randn(x_0.shape, generator, device)  # (B, C, H, W), one draw per step for the whole batch
+        noise = randn_float64(x_0.shape, generator, device)  # (B, C, H, W), one draw per step for the whole batch
         for start in range(0, num_samples, batch_size):
             chunk = slice(start, start + batch_size)
             x_start = x_0[chunk]
@@ -367,7 +376,7 @@ def bits_per_dim(
     num_timesteps: int | None = None,
 ) -> BitsPerDimOutput:
     """
-    The full variational bound of MATH.md section 3 (pixel model) or 4 (latent model), in bits per dimension.
+    The full variational bound of docs/maths.md [ELBO] (pixel model) or [LAT2] (latent model), in bits per dimension.
 
     Pixel model, Ho (5): `L = L_T + sum_{t>1} L_{t-1} + L_0` with
     - `L_T = KL(q(x_T | x_0) || N(0, I))`,
@@ -384,7 +393,7 @@ def bits_per_dim(
     next step, as improved-diffusion's `posterior_log_variance_clipped` does; `fixed_large` uses beta_1. This is
     the scheduler's `p_mean_variance`, the same distribution its `step` samples from.
 
-    Latent model (`vae` given), the LSGM bound of MATH.md section 4, in *pixel* bits/dim:
+    Latent model (`vae` given), the LSGM bound of docs/maths.md [LAT2], in *pixel* bits/dim:
     `-log p(x) <= E_q[-log p_psi(x | z)] + E_q[log q_phi(z | x)] - E_q[log p_theta(z)]`, one sample
     z ~ q_phi(z | x) per image, z_0 = s z with s = `vae.config.scaling_factor`,
     `-log p_theta(z) = -log p_theta(z_0) - d log s` (d latent dimensions), `-log p_theta(z_0)` bounded by the
@@ -432,7 +441,7 @@ def bits_per_dim(
         if strided
         else f"exact bound over all {len(chain)} timesteps"
     )
-    device, dtype = _placement(unet, x_0)
+    device, dtype = placement(unet, x_0)
 
     if vae is None:
         prior, kl_terms, decoder_term = _diffusion_bound_nats(
@@ -453,21 +462,19 @@ def bits_per_dim(
             note=note,
         )
 
-    from .latent import _decode_means, _encode_moments, _fit_log_scale, get_latent_scale
-
     scale = get_latent_scale(vae)
     # 1. q_phi(z | x) and one sample z = mu + sigma eps, eps drawn for the whole batch (independent of batch_size)
-    mean, logvar = _encode_moments(vae, x_0, batch_size)  # (B, c, h, w) float64
-    z = mean + torch.exp(0.5 * logvar) * _randn(mean.shape, generator, mean.device)
+    mean, logvar = encode_moments(vae, x_0, batch_size)  # (B, c, h, w) float64
+    z = mean + torch.exp(0.5 * logvar) * randn_float64(mean.shape, generator, mean.device)
     num_latent_dims = z[0].numel()
     latent_dims = tuple(range(1, z.ndim))
     # E_q[log q_phi(z | x)] = -H[q_phi(z | x)] = -sum 0.5 (log(2 pi) + 1 + log sigma^2), exact
     log_q = -0.5 * (math.log(2 * math.pi) + 1.0 + logvar).sum(latent_dims)
     # 2. -log p_psi(x | z): discretized Gaussian around the decoder output, scalar log-std
-    decoded = _decode_means(vae, z, batch_size)  # (B, C, H, W) float64
+    decoded = decode_means(vae, z, batch_size)  # (B, C, H, W) float64
     stored = get_decoder_log_scale(vae)
     fitted = stored is None
-    log_scale = _fit_log_scale(x_0, decoded) if fitted else float(stored)
+    log_scale = fit_discretized_log_scale(x_0, decoded) if fitted else float(stored)
     dims = tuple(range(1, x_0.ndim))
     reconstruction = -discretized_gaussian_log_likelihood(x_0, decoded.to(x_0.device), log_scale).sum(dims)
     # 3. -log p_theta(z_0), z_0 = s z, by the diffusion bound with a continuous decoder

@@ -1,5 +1,5 @@
 # Copyright 2026 The ddpm_plugin authors. Apache-2.0.
-"""Training losses of a DDPM (MATH.md section 3), built from the same scheduler quantities and the same bound terms as
+"""Training losses of a DDPM (docs/maths.md [SIMPLE], [ELBO]), built from the same scheduler quantities and the same bound terms as
 `ddpm_plugin.likelihood`, so training and evaluation cannot disagree.
 
 - `simple_loss`: L_simple, Ho (14), with the target of the scheduler's prediction type and optional min-SNR-gamma
@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import weakref
 from typing import Literal
@@ -61,8 +60,7 @@ def _full_chain(scheduler):
         return scheduler
     full = _FULL_CHAIN_COPIES.get(scheduler)
     if full is None:
-        full = copy.deepcopy(scheduler)
-        full.set_timesteps(timesteps=list(range(num_train - 1, -1, -1)))
+        full = scheduler.chain_copy()
         _FULL_CHAIN_COPIES[scheduler] = full
     return full
 

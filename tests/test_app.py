@@ -20,7 +20,7 @@ from diffusers import AutoencoderKL  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
 from ddpm_plugin import DDPMUNet2DModel, GaussianDDPMScheduler, LatentDDPMPipeline, PixelDDPMPipeline  # noqa: E402
-from ddpm_plugin import app_support as support  # noqa: E402
+from ddpm_plugin import app as support  # noqa: E402
 
 
 def tiny_unet(in_channels: int = 1) -> DDPMUNet2DModel:

@@ -14,8 +14,8 @@ from diffusers import DiffusionPipeline
 
 import ddpm_plugin
 from ddpm_plugin import LatentDDPMPipeline, PixelDDPMPipeline, load_default_pipeline
-from ddpm_plugin.evaluate import _generate, _sample_metrics, reference_frechet_distance
-from ddpm_plugin.judge import load_judge
+from ddpm_plugin.evaluate import _generate, _sample_metrics
+from ddpm_plugin.judge import load_judge, reference_frechet_distance
 from ddpm_plugin.pretrained import DEFAULT_PIPELINES, PRETRAINED_DIR, check_pipeline_folder
 
 # (kind, pipeline class, samples, steps, confident-share floor, Frechet-distance ceiling). Measured here on these 64

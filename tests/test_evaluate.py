@@ -8,8 +8,10 @@ import pytest
 import torch
 from scipy import linalg
 
-from ddpm_plugin import DDPMUNet2DModel, GaussianDDPMScheduler, PixelDDPMPipeline
+from ddpm_plugin import DDPMUNet2DModel, GaussianDDPMScheduler, PixelDDPMPipeline, metrics
 from ddpm_plugin import evaluate as ev
+from ddpm_plugin import judge as jd
+from ddpm_plugin.data import cached_mnist_split
 from ddpm_plugin.judge import DEFAULT_JUDGE_DIR, DigitJudge, judge_images, load_judge, to_judge_input
 from ddpm_plugin.sample import set_scheduler
 
@@ -27,7 +29,7 @@ def judge():
 
 @pytest.fixture(scope="module")
 def split():
-    return ev._mnist_data()
+    return cached_mnist_split(seed=0)
 
 
 # ---------------------------------------------------------------------------------------------------- Frechet
@@ -43,10 +45,10 @@ def test_frechet_distance_of_commuting_gaussians_is_closed_form():
     mu1, mu2 = np.array([0.0, 1.0, 2.0, 3.0]), np.array([1.0, 1.0, 0.0, 3.0])
     expected = 1.0 + 4.0 + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()  # 5 + (1 + 1 + 0 + 0.25)
     assert expected == pytest.approx(7.25)
-    got = ev.frechet_distance(mu1, q @ np.diag(a) @ q.T, mu2, q @ np.diag(b) @ q.T)
+    got = metrics.frechet_distance(mu1, q @ np.diag(a) @ q.T, mu2, q @ np.diag(b) @ q.T)
     assert got == pytest.approx(expected, rel=1e-10)
     # one dimension: (m1 - m2)^2 + (s1 - s2)^2
-    assert ev.frechet_distance([2.0], [[9.0]], [-1.0], [[1.0]]) == pytest.approx(9.0 + 4.0)
+    assert metrics.frechet_distance([2.0], [[9.0]], [-1.0], [[1.0]]) == pytest.approx(9.0 + 4.0)
 
 
 def test_frechet_distance_matches_scipy_sqrtm_for_non_commuting_covariances():
@@ -55,30 +57,32 @@ def test_frechet_distance_matches_scipy_sqrtm_for_non_commuting_covariances():
     s1, s2 = x @ x.T + 0.1 * np.eye(6), y @ y.T + 0.1 * np.eye(6)
     mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
     reference = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
-    assert ev.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference, rel=1e-8)
-    assert ev.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ev.frechet_distance(mu2, s2, mu1, s1), rel=1e-10)
+    assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference, rel=1e-8)
+    assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(
+        metrics.frechet_distance(mu2, s2, mu1, s1), rel=1e-10
+    )
 
 
 def test_frechet_distance_of_identical_sets_is_zero_also_when_covariance_is_singular():
     features = np.random.default_rng(2).normal(size=(20, 64))  # 20 samples in 64 dimensions: rank 19
     scale = np.trace(np.cov(features, rowvar=False))  # ~64; the square roots of ~0 eigenvalues cost ~1e-8 each
-    assert abs(ev.frechet_distance_from_features(features, features)) < 1e-7 * scale
+    assert abs(metrics.frechet_distance_from_features(features, features)) < 1e-7 * scale
     shifted = features + 3.0  # a pure mean shift: d^2 = 64 * 9
-    assert ev.frechet_distance_from_features(features, shifted) == pytest.approx(64 * 9.0, rel=1e-8)
+    assert metrics.frechet_distance_from_features(features, shifted) == pytest.approx(64 * 9.0, rel=1e-8)
 
 
 def test_frechet_distance_of_samples_converges_to_the_gaussians_distance():
     rng = np.random.default_rng(3)
     a = rng.normal(size=(20000, 3)) * np.array([1.0, 2.0, 0.5])
     b = rng.normal(size=(20000, 3)) * np.array([2.0, 2.0, 0.5]) + np.array([1.0, 0.0, 0.0])
-    assert ev.frechet_distance_from_features(a, b) == pytest.approx(1.0 + 1.0, abs=0.06)
+    assert metrics.frechet_distance_from_features(a, b) == pytest.approx(1.0 + 1.0, abs=0.06)
 
 
 def test_frechet_distance_rejects_bad_shapes():
     with pytest.raises(ValueError, match="mismatched shapes"):
-        ev.frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+        metrics.frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
     with pytest.raises(ValueError, match="num_samples >= 2"):
-        ev.feature_statistics(np.zeros((1, 4)))
+        metrics.feature_statistics(np.zeros((1, 4)))
 
 
 # ---------------------------------------------------------------------------------------------------- the judge
@@ -90,11 +94,11 @@ def test_judge_loads_from_shipped_weights_and_classifies_heldout_digits(judge, s
     assert probs.shape == (500, 10) and features.shape == (500, judge.config.feature_dim)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
     assert (probs.argmax(axis=1) == heldout_y).mean() >= JUDGE_HELDOUT_ACCURACY - MARGIN
-    assert ev.judge_summary(probs)["confident_share"] >= JUDGE_HELDOUT_CONFIDENT - MARGIN
+    assert metrics.judge_summary(probs)["confident_share"] >= JUDGE_HELDOUT_CONFIDENT - MARGIN
 
     # the shipped real-data statistics belong to these weights and match the held-out features
-    reference = ev.reference_frechet_distance(judge)
-    mu, sigma = ev.feature_statistics(features)
+    reference = jd.reference_frechet_distance(judge)
+    mu, sigma = metrics.feature_statistics(features)
     # The stored statistics were computed on another CPU: float32 convolutions differ in their last bits between
     # kernels (AVX-512 / AMX / SSE4.1 builds of oneDNN), about 1e-7 relative per feature, and the covariance sums
     # 500 products of features up to ~3.5, so entries (up to ~12) move by a few 1e-7 absolute (4.8e-7 seen on an
@@ -110,22 +114,22 @@ def test_judge_loads_from_shipped_weights_and_classifies_heldout_digits(judge, s
 @pytest.mark.slow
 def test_shipped_reference_frechet_distance_is_reproduced(judge):
     """Held-out vs. training digits (4,500 images through the judge, ~10 s on one core)."""
-    assert ev.compute_reference(judge)["frechet_reference"] == pytest.approx(FRECHET_REFERENCE, rel=1e-4)
+    assert jd.compute_reference(judge)["frechet_reference"] == pytest.approx(FRECHET_REFERENCE, rel=1e-4)
 
 
 def test_stored_reference_is_ignored_for_other_weights(judge, tmp_path, monkeypatch):
     other = DigitJudge()  # untrained: its fingerprint differs from the stored one
-    assert ev.judge_fingerprint(other) != ev.judge_fingerprint(judge)
+    assert jd.judge_fingerprint(other) != jd.judge_fingerprint(judge)
     calls = []
-    monkeypatch.setattr(ev, "compute_reference", lambda j: calls.append(j) or {"frechet_reference": 1.0})
+    monkeypatch.setattr(jd, "compute_reference", lambda j: calls.append(j) or {"frechet_reference": 1.0})
     other.register_to_config(_name_or_path=str(DEFAULT_JUDGE_DIR))
-    assert ev.reference_frechet_distance(other) == {"frechet_reference": 1.0} and calls == [other]
+    assert jd.reference_frechet_distance(other) == {"frechet_reference": 1.0} and calls == [other]
 
 
 def test_judge_is_not_confident_on_noise(judge):
     noise = torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(0))  # in [0, 1], pipeline output
     probs, _ = judge_images(judge, noise)
-    assert ev.judge_summary(probs)["confident_share"] <= 0.05
+    assert metrics.judge_summary(probs)["confident_share"] <= 0.05
 
 
 def test_to_judge_input_formats_agree(split):
@@ -154,7 +158,7 @@ def test_judge_summary_counts_confident_samples_and_classes():
     probs[3, 1] = 0.11
     probs[4:7] = 0.1  # uniform: not confident, judged 0
     probs[7] = np.nan  # a broken sample: not confident, in no class
-    summary = ev.judge_summary(probs)
+    summary = metrics.judge_summary(probs)
     assert summary["confident_share"] == pytest.approx(3 / 8)
     expected = np.zeros(10)
     expected[[3, 7, 0]] = [2 / 8, 2 / 8, 3 / 8]

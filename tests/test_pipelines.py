@@ -135,7 +135,7 @@ def test_latent_output_types(latent_pipe, output_type):
 
 
 def test_latent_decodes_z0_over_scaling_factor(latent_pipe):
-    """MATH.md section 4: x = vae.decode(z_0 / s), s = vae.config.scaling_factor; images (x + 1) / 2 in [0, 1]."""
+    """docs/maths.md [LAT1]: x = vae.decode(z_0 / s), s = vae.config.scaling_factor; images (x + 1) / 2 in [0, 1]."""
     z0 = latent_pipe(batch_size=2, generator=gen(3), num_inference_steps=3, output_type="latent").images
     images = latent_pipe(batch_size=2, generator=gen(3), num_inference_steps=3, output_type="pt").images
     with torch.no_grad():

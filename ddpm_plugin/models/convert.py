@@ -2,8 +2,8 @@
 
 The published DDPM checkpoints are `UNet2DModel`s built from `DownBlock2D` / `AttnDownBlock2D`, `UNetMidBlock2D` and
 `UpBlock2D` / `AttnUpBlock2D` with a positional (sinusoidal) time embedding. `DDPMUNet2DModel` computes the same
-function; this module derives its config from the `UNet2DModel` config, renames every weight by rule and copies the
-tensors, refusing any layout or weight it does not account for.
+function; this module derives its config from the `UNet2DModel` config and renames every weight by rule (the
+model is built by `DDPMUNet2DModel.from_diffusers_unet`), refusing any layout or weight it does not account for.
 
 ```py
 >>> from diffusers import UNet2DModel
@@ -20,9 +20,7 @@ from typing import Any
 import torch
 from diffusers import UNet2DModel
 
-from .unet_ddpm_2d import DDPMUNet2DModel
-
-__all__ = ["convert_unet2d_to_ddpm", "ddpm_config_from_unet2d_config", "unet2d_key_to_ddpm_key"]
+__all__ = ["ddpm_config_from_unet2d_config", "unet2d_key_to_ddpm_key", "unet2d_state_dict_to_ddpm"]
 
 _DOWN_BLOCKS = {"DownBlock2D": False, "AttnDownBlock2D": True}  # block type -> has attention
 _UP_BLOCKS = {"UpBlock2D": False, "AttnUpBlock2D": True}
@@ -212,32 +210,30 @@ def unet2d_key_to_ddpm_key(key: str, num_levels: int) -> str:
     raise KeyError(key)
 
 
-def convert_unet2d_to_ddpm(unet: UNet2DModel, learned_variance: bool = False) -> DDPMUNet2DModel:
+def unet2d_state_dict_to_ddpm(unet: UNet2DModel, learned_variance: bool = False) -> tuple[dict, dict]:
     """
-    Converts a `diffusers.UNet2DModel` in the DDPM layout to a `DDPMUNet2DModel` computing the same function.
-
-    Every weight is copied from `unet.state_dict()` under a programmatically derived name; the conversion fails if a
-    weight of `unet` is not used, if a weight of the new model is not filled, or if shapes disagree.
+    The `DDPMUNet2DModel` config and state dict of a `diffusers.UNet2DModel` in the DDPM layout; every weight of
+    `unet.state_dict()` under a programmatically derived name. `DDPMUNet2DModel.from_diffusers_unet` builds the model
+    from them and checks that every weight fits.
 
     Args:
         unet (`diffusers.UNet2DModel`): the source model, e.g. `UNet2DModel.from_pretrained("google/ddpm-cifar10-32")`.
         learned_variance (`bool`): the source predicts `[eps, v]` (ND (15)) in its `out_channels`.
 
     Returns:
-        `DDPMUNet2DModel` with the source's dtype and device, in eval mode.
+        `(config, state_dict)`: the keyword arguments of `DDPMUNet2DModel(...)` and the renamed weights.
 
     Raises:
-        `ValueError`: the source is not a `UNet2DModel`, its layout is not the DDPM one, or its weights do not match.
+        `ValueError`: the source is not a `UNet2DModel`, its layout is not the DDPM one, or a weight has no
+        counterpart.
     """
     if not isinstance(unet, UNet2DModel):
         raise ValueError(f"Expected a diffusers.UNet2DModel, got {type(unet).__name__}.")
     config = ddpm_config_from_unet2d_config(unet.config, learned_variance=learned_variance)
     num_levels = len(config["channel_mult"])
-    source = unet.state_dict()
-
     converted: dict[str, torch.Tensor] = {}
     unused = []
-    for key, tensor in source.items():
+    for key, tensor in unet.state_dict().items():
         try:
             new_key = unet2d_key_to_ddpm_key(key, num_levels)
         except KeyError:
@@ -248,22 +244,4 @@ def convert_unet2d_to_ddpm(unet: UNet2DModel, learned_variance: bool = False) ->
         converted[new_key] = tensor
     if unused:
         raise ValueError(f"UNet2DModel weights with no counterpart in DDPMUNet2DModel: {unused}.")
-
-    model = DDPMUNet2DModel(**config)
-    target = model.state_dict()
-    missing = sorted(set(target) - set(converted))
-    extra = sorted(set(converted) - set(target))
-    if missing or extra:
-        raise ValueError(f"The converted weights do not fit DDPMUNet2DModel: missing {missing}, unexpected {extra}.")
-    bad_shapes = {
-        k: (tuple(v.shape), tuple(target[k].shape)) for k, v in converted.items() if v.shape != target[k].shape
-    }
-    if bad_shapes:
-        raise ValueError(f"Weight shapes differ (UNet2DModel, DDPMUNet2DModel): {bad_shapes}.")
-
-    model.load_state_dict(converted, strict=True)
-    param = next(unet.parameters())
-    model.to(param.device)
-    if param.dtype != model.dtype:
-        model.to(dtype=param.dtype)
-    return model.eval()
+    return config, converted

@@ -19,10 +19,12 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from torch import nn
 
+from .convert import unet2d_state_dict_to_ddpm
+
 if TYPE_CHECKING:  # pragma: no cover
     from diffusers import UNet2DModel
 
-__all__ = ["DDPMUNet2DModel", "UNet2DOutput", "get_timestep_embedding"]
+__all__ = ["DDPMUNet2DModel", "UNet2DOutput", "convert_unet2d_to_ddpm", "get_timestep_embedding"]
 
 
 def get_timestep_embedding(
@@ -504,13 +506,46 @@ class DDPMUNet2DModel(ModelMixin, ConfigMixin):
     @classmethod
     def from_diffusers_unet(cls, unet: "UNet2DModel", learned_variance: bool = False) -> "DDPMUNet2DModel":
         """
-        Converts a `diffusers.UNet2DModel` in the DDPM layout (e.g. `google/ddpm-cifar10-32`) to this class.
+        Converts a `diffusers.UNet2DModel` in the DDPM layout (e.g. `google/ddpm-cifar10-32`) to this class, computing
+        the same function; the weights are renamed by `ddpm_plugin.models.convert.unet2d_state_dict_to_ddpm`.
 
-        See `ddpm_plugin.models.convert.convert_unet2d_to_ddpm`.
+        Args:
+            unet (`diffusers.UNet2DModel`): the source model.
+            learned_variance (`bool`): the source predicts `[eps, v]` (ND (15)) in its `out_channels`.
+
+        Returns:
+            `DDPMUNet2DModel` with the source's dtype and device, in eval mode.
+
+        Raises:
+            `ValueError`: the source is not a `UNet2DModel`, its layout is not the DDPM one, or its weights do not
+            match (a source weight unused, a weight of the new model not filled, or shapes that disagree).
         """
-        from .convert import convert_unet2d_to_ddpm
+        config, converted = unet2d_state_dict_to_ddpm(unet, learned_variance=learned_variance)
+        model = cls(**config)
+        target = model.state_dict()
+        missing = sorted(set(target) - set(converted))
+        extra = sorted(set(converted) - set(target))
+        if missing or extra:
+            raise ValueError(
+                f"The converted weights do not fit DDPMUNet2DModel: missing {missing}, unexpected {extra}."
+            )
+        bad_shapes = {
+            k: (tuple(v.shape), tuple(target[k].shape)) for k, v in converted.items() if v.shape != target[k].shape
+        }
+        if bad_shapes:
+            raise ValueError(f"Weight shapes differ (UNet2DModel, DDPMUNet2DModel): {bad_shapes}.")
+        model.load_state_dict(converted, strict=True)
+        param = next(unet.parameters())
+        model.to(param.device)
+        if param.dtype != model.dtype:
+            model.to(dtype=param.dtype)
+        return model.eval()
 
-        return convert_unet2d_to_ddpm(unet, learned_variance=learned_variance)
+
+def convert_unet2d_to_ddpm(unet: "UNet2DModel", learned_variance: bool = False) -> DDPMUNet2DModel:
+    """`DDPMUNet2DModel.from_diffusers_unet(unet, learned_variance)`: a `diffusers.UNet2DModel` in the DDPM layout
+    converted to a `DDPMUNet2DModel` computing the same function."""
+    return DDPMUNet2DModel.from_diffusers_unet(unet, learned_variance=learned_variance)
 
 
 def _check_config(

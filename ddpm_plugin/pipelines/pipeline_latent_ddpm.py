@@ -1,5 +1,5 @@
 # Copyright 2026 The ddpm_plugin authors. Apache-2.0.
-"""`LatentDDPMPipeline`: DDPM sampling in the latent space of a frozen VAE (MATH.md section 4), with step previews.
+"""`LatentDDPMPipeline`: DDPM sampling in the latent space of a frozen VAE (docs/maths.md [LAT1]), with step previews.
 
 z_T ~ N(0, I) of the UNet's shape, DDPM reverse process down to z_0 (Ho et al. Algorithm 2), then
 `x = vae.decode(z_0 / s).sample` with s = `vae.config.scaling_factor` (latent-diffusion's `scale_by_std`).
@@ -61,7 +61,7 @@ EXAMPLE_DOC_STRING = """
 class LatentDDPMPipeline(DDPMBasePipeline):
     r"""
     Unconditional image generation with a DDPM in the latent space of a frozen `AutoencoderKL` (latent diffusion,
-    MATH.md section 4): z_T ~ N(0, I), DDPM reverse process to z_0, images `(vae.decode(z_0 / s).sample + 1) / 2`
+    docs/maths.md [LAT1]): z_T ~ N(0, I), DDPM reverse process to z_0, images `(vae.decode(z_0 / s).sample + 1) / 2`
     with s = `vae.config.scaling_factor`.
 
     Inference only. Any diffusers scheduler can be swapped in, e.g.
@@ -104,7 +104,7 @@ class LatentDDPMPipeline(DDPMBasePipeline):
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """
         `(batch_size, latent_channels, h, w)` z_0 -> `(batch_size, num_channels, height, width)` x in about [-1, 1]:
-        `vae.decode(z_0 / s).sample`, s = `vae.config.scaling_factor` (MATH.md section 4).
+        `vae.decode(z_0 / s).sample`, s = `vae.config.scaling_factor` (docs/maths.md [LAT1]).
         """
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
         return self.vae.decode(latents).sample

@@ -1,5 +1,5 @@
 # Copyright 2026 The ddpm_plugin authors. Apache-2.0.
-"""The Gaussian DDPM scheduler of Ho, Jain & Abbeel (2020), with the ELBO terms (MATH.md sections 1-3).
+"""The Gaussian DDPM scheduler of Ho, Jain & Abbeel (2020), with the ELBO terms (docs/maths.md sections 1-3).
 
 Equation numbers: "Ho (n)" is Ho et al. 2020 (arXiv 2006.11239), "ND (n)" is Nichol & Dhariwal 2021 (arXiv 2102.09672).
 Index convention: diffusers counts timesteps 0..T-1, so diffusers' `t` is the paper's `t + 1`, and t = 0 is the
@@ -11,6 +11,7 @@ likelihood code (`ddpm_plugin.likelihood`) all read it, so sampling, training an
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -366,6 +367,20 @@ class GaussianDDPMScheduler(SchedulerMixin, ConfigMixin):
                 )
         self.timesteps = torch.from_numpy(ts).to(device)
         self._set_chain(ts)
+
+    def chain_copy(self, num_inference_steps: int | None = None) -> GaussianDDPMScheduler:
+        """
+        A deep copy of this scheduler set to the full chain T-1..0 (`num_inference_steps=None` or T), or to the
+        respaced chain of `set_timesteps(num_inference_steps)`; this scheduler is not modified. The likelihood and
+        the training losses evaluate the bound on such a copy.
+        """
+        num_train = self.config.num_train_timesteps
+        chain = copy.deepcopy(self)
+        if num_inference_steps is None or num_inference_steps == num_train:
+            chain.set_timesteps(timesteps=list(range(num_train - 1, -1, -1)))
+        else:
+            chain.set_timesteps(num_inference_steps)
+        return chain
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
         """The timestep that follows `timestep` in the current chain; -1 after the last one (x_0)."""
