@@ -481,9 +481,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _model_folder(model: str) -> Path:
     """The folder whose model card `--write-card` updates: a bundled model's folder, or the given one."""
-    from .pretrained import DEFAULT_PIPELINES, PRETRAINED_DIR
+    from .resolve import resolve_model
 
-    return PRETRAINED_DIR / DEFAULT_PIPELINES[model][0] if model in DEFAULT_PIPELINES else Path(model)
+    resolved = resolve_model(model)
+    if resolved.kind == "hub":
+        raise ValueError(f"--write-card needs a bundled model or a local pipeline folder, got the Hub id {model!r}.")
+    return Path(resolved.path)
 
 
 def main(argv: list[str] | None = None) -> dict | list[dict]:
