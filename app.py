@@ -183,11 +183,13 @@ def load_model(model: str):
     source = access.resolve_visitor_model(model, SETTINGS.model_dirs, support.BUNDLED_MODELS)
 
     def load():
+        folder = source.location
         if source.kind == "hub":
-            folder = access.fetch_hub_pipeline(source.location, max_bytes=int(SETTINGS.max_model_mb * 1e6))
-            pipe = support.load_pipeline(str(folder))
-        else:
-            pipe = support.load_pipeline(source.location)
+            folder = str(access.fetch_hub_pipeline(source.location, max_bytes=int(SETTINGS.max_model_mb * 1e6)))
+        try:
+            pipe = support.load_pipeline(folder)
+        except ValueError as err:  # named as the visitor named it, not by its place on the server
+            raise ValueError(str(err).replace(folder, model.strip())) from None
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

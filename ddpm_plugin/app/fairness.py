@@ -48,30 +48,25 @@ def limit_queue(
     async def limited_push(body, request, username):
         fn = queue.blocks.fns.get(body.fn_index) if body.fn_index is not None else None
         if fn is None or fn.api_name in exempt or not fn.queue:
-            queue.max_size = None  # Gradio's own check counts every job; this one counts model work only
             return await push(body, request, username)
         limit = per_session.get(fn.concurrency_id)
-        async with lock:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + grace_seconds
-            while limit is not None and count(body.session_hash, fn.concurrency_id) >= limit:
-                if loop.time() >= deadline:
-                    what = "job" if limit == 1 else f"{limit} jobs"
-                    return (
-                        False,
-                        f"You already have a {what} of this kind queued or running; wait for it to finish or press "
-                        "Stop.",
-                        "queue_full",
-                    )
-                await asyncio.sleep(0.02)
-            if count(None) >= max_size:
-                return (
-                    False,
-                    f"The app is busy ({max_size} jobs queued or running); try again in a minute.",
-                    "queue_full",
-                )
-            queue.max_size = None
-            return await push(body, request, username)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_seconds
+        while True:
+            async with lock:  # the count and the push at once: two joins of one session cannot both slip in
+                if limit is None or count(body.session_hash, fn.concurrency_id) < limit:
+                    if count(None) >= max_size:
+                        return (
+                            False,
+                            f"The app is busy ({max_size} jobs queued or running); try again soon.",
+                            "queue_full",
+                        )
+                    return await push(body, request, username)
+            if loop.time() >= deadline:
+                what = "a job" if limit == 1 else f"{limit} jobs"
+                message = f"You already have {what} of this kind queued or running; wait for it or press Stop."
+                return False, message, "queue_full"
+            await asyncio.sleep(0.05)
 
     queue.max_size = None
     queue.push = limited_push
