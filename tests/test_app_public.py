@@ -567,3 +567,14 @@ def test_settings_from_flags_and_environment():
         AppSettings.from_env({"DDPM_APP_CACHE_SIZE": "many"})
     with pytest.raises(ValueError, match="--max-seconds must be positive, got 0"):
         AppSettings(max_seconds=0)
+
+
+def test_space_requirements_match_the_package():
+    """requirements.txt (what a Space installs) is the package's dependencies plus its `app` extras."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    lines = (root / "requirements.txt").read_text().splitlines()
+    required = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert sorted(required) == sorted(project["dependencies"] + project["optional-dependencies"]["app"])
