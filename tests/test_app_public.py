@@ -317,18 +317,8 @@ def test_every_job_has_a_time_limit(client, models, short_time_limit):
         **sample_args(models["slow"], steps=1000, batch_size=1, preview_every=0)
     )
     assert "Stopped by the time limit of 3 s" in status and grid is not None
-    message = error_of(
-        lambda: client.predict(
-            model=models["slow"],
-            first_index=0,
-            count=1,
-            upload=None,
-            num_timesteps=1000,
-            full_chain=True,
-            seed=0,
-            api_name="/likelihood",
-        )
-    )
+    # model, first digit, count, upload, timesteps, full chain, seed: 1 digit x 1000 steps
+    message = error_of(lambda: client.predict(models["slow"], 0, 1, None, 1000, True, 0, api_name="/likelihood"))
     assert "time limit of 3 s" in message
 
 
