@@ -6,8 +6,11 @@ UI only: sampling, previews, the forward process, the likelihood and the VAE com
 Importing this module builds `demo` and nothing else: models load on first use and are cached.
 
     python app.py [--host 127.0.0.1] [--port 7860] [--model bundled:latent | bundled:pixel | FOLDER | HUB_ID]
+                  [--model-dir DIR ...] [--max-seconds S] [--max-compute N] ... (`python app.py --help`)
 
-Host and port also come from `GRADIO_SERVER_NAME` / `GRADIO_SERVER_PORT`, the default model from `DDPM_APP_MODEL`.
+Host and port also come from `GRADIO_SERVER_NAME` / `GRADIO_SERVER_PORT`, the default model from `DDPM_APP_MODEL`, the
+operator's limits (`ddpm_plugin.app.limits.AppSettings`) from `DDPM_APP_*` variables. Visitors may load the bundled
+models, Hub ids and pipeline folders under the `--model-dir` folders (`ddpm_plugin.app.access`).
 
 Named API endpoints (`gradio_client`): `/sample` (streams previews), `/stop`, `/forward_process`, `/likelihood`,
 `/latent_space`.
@@ -16,14 +19,17 @@ Named API endpoints (`gradio_client`): `/sample` (streams previews), `/stop`, `/
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import html
 import logging
 import os
 import random
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import gradio as gr
 import numpy as np
@@ -32,22 +38,25 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from ddpm_plugin import app as support
+from ddpm_plugin.app import access, fairness, jobs, limits, uploads
 
 logger = logging.getLogger("ddpm_app")
 
-CACHE = support.PipelineCache()  # model id -> loaded pipeline, shared read-only by all runs
-RUNS = support.RunRegistry()  # session -> running pipelines, for Stop
+SETTINGS = limits.AppSettings.from_env()  # the operator's limits; `build_demo` sets them
+CACHE = access.PipelineLRU(SETTINGS.cache_size)  # model key -> loaded pipeline, shared read-only by all runs
+JOBS = jobs.JobRegistry()  # session -> running jobs, for Stop, time limits and clients that left
 MODEL_ENV = "DDPM_APP_MODEL"
 DEFAULT_MODEL = "bundled:latent"
 PREVIEW_SIZE = 256  # previews and grids are upscaled (nearest neighbour) to about this many pixels
 PREVIEW_BUDGET = 0.05  # a latent model decodes x0_hat previews in about this fraction of the sampling time
 MAX_SEED = 2**32 - 1
 MAX_LIKELIHOOD_DIGITS = 16
-CONCURRENCY_LIMIT = int(os.environ.get("DDPM_APP_CONCURRENCY", "2"))  # model runs at once (2 CPU cores)
-QUEUE_SIZE = 32
+HEAVY = {"concurrency_id": "model"}  # sampling, likelihood, latent view: `SETTINGS.concurrency` at once
+CHEAP = {"concurrency_id": "cheap"}  # forward process, model info: their own slots, fast while sampling runs
+PER_SESSION = {"model": 1, "cheap": 2}  # jobs one visitor session may have queued or running, per group
 
 MODEL_CHOICES = [("Bundled latent model (MNIST)", "bundled:latent"), ("Bundled pixel model (MNIST)", "bundled:pixel")]
-MODEL_HELP = "Pick a bundled model, or type a local pipeline folder or a Hub id (owner/name) and press Enter."
+MODEL_HELP = "Pick a bundled model, or type a Hub id (owner/name) or a model folder this app offers and press Enter."
 
 INTRO = """# DDPM: watch a digit emerge from noise
 Denoising diffusion (Ho et al. 2020) starts from pure noise x_T and removes a little of it at every step.
@@ -65,10 +74,10 @@ def user_errors(action: str):
     except gr.Error:
         raise
     except ValueError as err:
-        raise gr.Error(html.escape(str(err), quote=False), print_exception=False) from None
-    except Exception as err:  # a bug or an odd model: log the traceback, show one line
+        raise gr.Error(html.escape(access.scrub_paths(str(err)), quote=False), print_exception=False) from None
+    except Exception as err:  # a bug or an odd model: log the traceback, show one line without server paths
         logger.exception("%s failed", action)
-        message = f"{action} failed: {type(err).__name__}: {err}"
+        message = access.scrub_paths(f"{action} failed: {type(err).__name__}: {err}")
         raise gr.Error(html.escape(message, quote=False), print_exception=False) from None
 
 
@@ -83,22 +92,49 @@ def check_int(name: str, value, low: int, high: int) -> int:
     return int(number)
 
 
-def image_upload(**kwargs) -> gr.Image:
-    """A `gr.Image` upload whose file that is not an image gives a `gr.Error` naming it (not gradio's generic error).
+def guarded(component, field: str, allowed: str):
+    """`component` whose input that it cannot read (a string or a list for a number, NaN, None) gives a `gr.Error`
+    naming `field` and what is `allowed`, not gradio's generic error and a traceback in the log.
 
     The check wraps the instance's `preprocess`: subclassing a gradio component would write a `.pyi` file next to
     this module at import.
     """
-    component = gr.Image(type="filepath", sources=["upload", "clipboard"], **kwargs)
     preprocess = component.preprocess
 
     def checked_preprocess(payload):
+        bad = payload is None or isinstance(payload, list | dict) or payload != payload  # NaN != NaN
+        bad = bad or (isinstance(payload, bool) and not isinstance(component, gr.Checkbox))
+        if not bad:
+            try:
+                return preprocess(payload)
+            except gr.Error:
+                raise
+            except Exception:
+                pass
+        raise gr.Error(f"{field} must be {allowed}, got {payload!r}.", print_exception=False)
+
+    component.preprocess = checked_preprocess
+    return component
+
+
+def image_upload(**kwargs) -> gr.Image:
+    """A `gr.Image` upload checked before gradio decodes anything: a file over the size or pixel limit, or one that
+    is not an image, gives a `gr.Error` naming it (`uploads.check_upload`); the app converts the mode itself."""
+    component = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], **kwargs)
+    preprocess = component.preprocess
+
+    def checked_preprocess(payload):
+        if payload is None:
+            return None
+        path = getattr(payload, "path", None)
+        name = getattr(payload, "orig_name", None) or os.path.basename(str(path or ""))
+        if not path:
+            raise gr.Error("Upload the image as a file (PNG or JPEG).", print_exception=False)
+        with user_errors("The upload"):
+            uploads.check_upload(path, _upload_bytes(), SETTINGS.max_upload_pixels, name)
         try:
             return preprocess(payload)
-        except gr.Error:
-            raise
         except Exception as err:
-            name = getattr(payload, "orig_name", None) or os.path.basename(str(getattr(payload, "path", "") or ""))
             raise gr.Error(
                 f"The upload {name!r} is not an image ({type(err).__name__}); upload a PNG or JPEG picture of a digit.",
                 print_exception=False,
@@ -106,6 +142,10 @@ def image_upload(**kwargs) -> gr.Image:
 
     component.preprocess = checked_preprocess
     return component
+
+
+def _upload_bytes() -> int:
+    return int(SETTINGS.max_upload_mb * 1e6)
 
 
 # ---------------------------------------------------------------------------------------------------- display
@@ -121,8 +161,7 @@ def status_html(state: str, text: str, step: int = 0, num_steps: int = 0) -> str
     return f'<div class="ddpm-status" data-state="{state}">{bar}<span>{html.escape(text)}</span></div>'
 
 
-def save_png(array: np.ndarray, name: str) -> str:
-    folder = tempfile.mkdtemp(prefix="ddpm_app_")
+def save_png(array: np.ndarray, folder: str, name: str) -> str:
     path = os.path.join(folder, name)
     Image.fromarray(array).save(path)
     return path
@@ -130,6 +169,36 @@ def save_png(array: np.ndarray, name: str) -> str:
 
 def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "local"
+
+
+def _start_job(request: gr.Request | None):
+    """A job of the caller's session with the operator's time limit, ending when its client leaves."""
+    alive = (lambda: fairness.client_alive(request)) if request is not None else None
+    return JOBS.start(_session(request), SETTINGS.max_seconds, alive)
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def load_model(model: str):
+    """The cached pipeline of a visitor's model string (`access.resolve_visitor_model`), loaded on first use."""
+    source = access.resolve_visitor_model(model, SETTINGS.model_dirs, support.BUNDLED_MODELS)
+
+    def load():
+        folder = source.location
+        if source.kind == "hub":
+            folder = str(access.fetch_hub_pipeline(source.location, max_bytes=int(SETTINGS.max_model_mb * 1e6)))
+        try:
+            pipe = support.load_pipeline(folder)
+        except ValueError as err:  # named as the visitor named it, not by its place on the server
+            raise ValueError(str(err).replace(folder, model.strip())) from None
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    return CACHE.get(source.key, load)
+
+
+def image_pixels(pipe) -> int:
+    _, height, width = support.pipeline_image_shape(pipe)
+    return height * width
 
 
 # ---------------------------------------------------------------------------------------------------- sampling
@@ -156,15 +225,20 @@ def sample(
     batch_size = check_int("batch size", batch_size, 1, support.MAX_BATCH_SIZE)
     preview_every = check_int("preview every", preview_every, 0, support.MAX_STEPS)
     with user_errors("Loading the model"):
-        run = CACHE.run_pipeline(model, sampler)
+        pipe = load_model(model)
+        run = support.make_run_pipeline(pipe, support.make_scheduler(pipe, sampler))
         num_train = run.scheduler.config.num_train_timesteps
         if steps > num_train:
             raise ValueError(
                 f"steps={steps} is more than this model's {num_train} diffusion steps; choose 1..{num_train}."
             )
+        limits.check_compute(image_pixels(run), batch_size, steps, SETTINGS.max_compute, "This run")
         summary = support.model_summary(run)
-    session = _session(request)
-    RUNS.add(session, run)
+    with _start_job(request) as job:
+        yield from _sample_run(run, job, sampler, steps, seed, batch_size, preview_every, summary)
+
+
+def _sample_run(run, job, sampler: str, steps: int, seed: int, batch_size: int, preview_every: int, summary: str):
     renderer = support.PreviewRenderer(run, budget=PREVIEW_BUDGET, target_size=PREVIEW_SIZE)
     previews = run.iter_previews(
         batch_size=batch_size,
@@ -172,10 +246,11 @@ def sample(
         num_inference_steps=steps,
         preview_every=preview_every,
         output_type=renderer.output_type,
-        callback_on_step_end=support.stop_callback,
+        callback_on_step_end=job.step_callback,
     )
     start = time.perf_counter()
     last_x0 = None
+    folder = tempfile.mkdtemp(prefix="ddpm_app_")  # gradio copies the download into its cache before the next step
     try:
         with user_errors("Sampling"):
             for item in previews:
@@ -191,11 +266,12 @@ def sample(
                     continue
                 out = renderer.final(item)
                 name = f"samples_{sampler.replace(' ', '-').lower()}_seed{seed}_{steps}steps.png"
-                path = save_png(out["images"], name)
+                path = save_png(out["images"], folder, name)
                 stopped = item.step < item.num_steps
                 if stopped:
                     text = (
-                        f"Stopped at step {item.step} / {item.num_steps} (t = {item.timestep}) after {elapsed:.1f} s"
+                        f"{job.describe(job.reason() or 'stop')} at step {item.step} / {item.num_steps} "
+                        f"(t = {item.timestep}) after {elapsed:.1f} s"
                     )
                 else:
                     text = (
@@ -210,19 +286,19 @@ def sample(
                 yield out["xt"], out["x0"], out["images"], out["trajectory"], path, status
     finally:
         previews.close()
-        RUNS.remove(session, run)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def stop(request: gr.Request = None) -> str:
-    """Stops this session's sampling runs at their next step (their last images are kept)."""
-    count = RUNS.stop(_session(request))
+    """Stops this session's jobs (never another visitor's): sampling at its next step, keeping its last images."""
+    count = JOBS.stop(_session(request))
     return f"Stop requested ({count} run{'s' if count != 1 else ''})." if count else "Nothing is running."
 
 
 def model_info(model: str, steps: float, timestep: float, nll_steps: float):
     """Loads the model (cached) and fits the step and timestep sliders to its T; clamps values only when above."""
     with user_errors("Loading the model"):
-        pipe = CACHE.get(model)
+        pipe = load_model(model)
         num_train = pipe.scheduler.config.num_train_timesteps
         summary = support.model_summary(pipe)
 
@@ -249,7 +325,8 @@ def random_seed() -> int:
 def digits_input(pipe, indices: list[int], upload: str | None):
     """The clean images (pipeline size, [-1, 1]) from an upload or held-out digits, with a caption."""
     if upload:
-        image = support.load_image_file(upload)
+        channels = support.pipeline_image_shape(pipe)[0]
+        image = uploads.open_upload(upload, channels, _upload_bytes(), SETTINGS.max_upload_pixels)
         return support.to_model_input([image], pipe), f"uploaded {os.path.basename(upload)}"
     digits = support.digits_by_index(indices)
     shown = f"{indices[0]}" if len(indices) == 1 else f"{indices[0]}..{indices[-1]}"
@@ -276,7 +353,7 @@ def forward_process(model: str, digit_index: float, upload: str | None, timestep
     timestep = check_int("t", timestep, 0, support.MAX_STEPS)
     seed = check_int("seed", seed, 0, MAX_SEED)
     with user_errors("The forward process"):
-        pipe = CACHE.get(model)
+        pipe = load_model(model)
         x0, caption = digits_input(pipe, [digit_index], upload)
         out = support.forward_process(pipe, x0, timestep, seed)
         snr = support.signal_to_noise_ratio(pipe.scheduler)
@@ -359,17 +436,27 @@ def likelihood(
     num_timesteps: float,
     full_chain: bool,
     seed: float,
+    request: gr.Request = None,
 ):
-    """Bits/dim (the ELBO of docs/maths.md [ELBO]) of held-out digits or an upload, and where the bits go."""
+    """Bits/dim (the ELBO of docs/maths.md [ELBO]) of held-out digits or an upload, and where the bits go; it ends
+    with Stop, at the time limit and when its client leaves (the model checks the job before every call)."""
     first_index = check_int("first digit", first_index, 0, 10**6)
     count = check_int("number of digits", count, 1, MAX_LIKELIHOOD_DIGITS)
     num_timesteps = check_int("timesteps", num_timesteps, 1, support.MAX_STEPS)
     seed = check_int("seed", seed, 0, MAX_SEED)
     with user_errors("The likelihood"):
-        pipe = CACHE.get(model)
+        pipe = load_model(model)
         x0, caption = digits_input(pipe, list(range(first_index, first_index + count)), upload)
+        chain = pipe.scheduler.config.num_train_timesteps if full_chain else num_timesteps
+        limits.check_compute(image_pixels(pipe), len(x0), chain, SETTINGS.max_compute, "This likelihood")
         start = time.perf_counter()
-        result = support.likelihood(pipe, x0, None if full_chain else num_timesteps, seed)
+        with _start_job(request) as job:
+            checked = SimpleNamespace(
+                unet=jobs.checked_model(pipe.unet, job, "The likelihood"),
+                scheduler=pipe.scheduler,
+                vae=getattr(pipe, "vae", None),
+            )
+            result = support.likelihood(checked, x0, None if full_chain else num_timesteps, seed)
         elapsed = time.perf_counter() - start
         strided = bool(result.strided)
         summary = likelihood_summary(result, caption, elapsed)
@@ -382,7 +469,7 @@ def latent_space(model: str, digit_index: float, upload: str | None):
     """The VAE of a latent model: a digit, its reconstruction and its latent channels."""
     digit_index = check_int("digit index", digit_index, 0, 10**6)
     with user_errors("The latent view"):
-        pipe = CACHE.get(model)
+        pipe = load_model(model)
         x0, caption = digits_input(pipe, [digit_index], upload)
         out = support.encode_decode(pipe, x0)
     z0 = out["z0"]
@@ -420,56 +507,98 @@ def _image(label: str, elem_id: str | None = None, height: int | None = PREVIEW_
 
 def _digit_picker(prefix: str, default: int = 0):
     with gr.Row():
-        index = gr.Slider(0, 499, value=default, step=1, label="Held-out MNIST digit #", elem_id=f"{prefix}_digit")
+        index = guarded(
+            gr.Slider(0, 499, value=default, step=1, label="Held-out MNIST digit #", elem_id=f"{prefix}_digit"),
+            "digit index",
+            "a whole number in [0, 499]",
+        )
         shuffle = gr.Button("Random digit", scale=0, min_width=130)
     upload = image_upload(label="…or upload an image", height=140)
     shuffle.click(lambda: random.randint(0, 499), None, index, queue=False, api_visibility="private")
     return index, upload
 
 
-def build_demo(default_model: str | None = None) -> gr.Blocks:
-    """The app's Blocks; `default_model` (else `$DDPM_APP_MODEL`, else the bundled latent model) is preselected."""
+def configure(settings: limits.AppSettings) -> None:
+    """Makes `settings` the app's limits (a smaller cache drops its least recently used pipelines at the next load)."""
+    global SETTINGS
+    SETTINGS = settings
+    CACHE.max_size = settings.cache_size
+
+
+def build_demo(default_model: str | None = None, settings: limits.AppSettings | None = None) -> gr.Blocks:
+    """
+    The app's Blocks under the operator's `settings` (default: from the `DDPM_APP_*` variables); `default_model`
+    (else `$DDPM_APP_MODEL`, else the bundled latent model) is preselected, and visitors may load it also when it is
+    a folder outside the `model_dirs`.
+    """
+    settings = settings or limits.AppSettings.from_env()
     default_model = default_model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    if os.path.isfile(os.path.join(default_model, "model_index.json")):  # the operator's own choice of folder
+        settings = dataclasses.replace(settings, model_dirs=(*settings.model_dirs, default_model))
+    configure(settings)
     choices = list(MODEL_CHOICES)
     if default_model not in [value for _, value in choices]:
         choices.insert(0, (default_model, default_model))
-    heavy = {"concurrency_id": "model"}  # all model work shares one concurrency limit
 
     with gr.Blocks(
         title="DDPM: watch an image emerge from noise", analytics_enabled=False, delete_cache=(3600, 3600)
     ) as demo:
         gr.Markdown(INTRO)
-        model = gr.Dropdown(
-            choices=choices,
-            value=default_model,
-            allow_custom_value=True,
-            label="Model",
-            info=MODEL_HELP,
-            elem_id="model",
+        model = guarded(
+            gr.Dropdown(
+                choices=choices,
+                value=default_model,
+                allow_custom_value=True,
+                label="Model",
+                info=MODEL_HELP,
+                elem_id="model",
+            ),
+            "model",
+            "a model name (text)",
         )
         model_md = gr.Markdown("Model: loads on first use.", elem_id="model_info")
         with gr.Tabs():
             with gr.Tab("Sample", id="sample"):
                 with gr.Row():
                     with gr.Column(scale=1, min_width=280):
-                        sampler = gr.Radio(list(support.SAMPLERS), value="DDPM ancestral", label="Sampler")
-                        steps = gr.Slider(1, support.MAX_STEPS, value=50, step=1, label="Steps", elem_id="steps")
+                        sampler = guarded(
+                            gr.Radio(list(support.SAMPLERS), value="DDPM ancestral", label="Sampler"),
+                            "sampler",
+                            f"one of {list(support.SAMPLERS)}",
+                        )
+                        steps = guarded(
+                            gr.Slider(1, support.MAX_STEPS, value=50, step=1, label="Steps", elem_id="steps"),
+                            "steps",
+                            f"a whole number in [1, {support.MAX_STEPS}]",
+                        )
                         with gr.Row():
-                            seed = gr.Number(
-                                value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="seed"
+                            seed = guarded(
+                                gr.Number(
+                                    value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="seed"
+                                ),
+                                "seed",
+                                f"a whole number in [0, {MAX_SEED}]",
                             )
                             shuffle_seed = gr.Button("Random", scale=0, min_width=80, elem_id="random_seed")
-                        batch_size = gr.Slider(
-                            1, support.MAX_BATCH_SIZE, value=4, step=1, label="Batch size", elem_id="batch_size"
+                        batch_size = guarded(
+                            gr.Slider(
+                                1, support.MAX_BATCH_SIZE, value=4, step=1, label="Batch size", elem_id="batch_size"
+                            ),
+                            "batch size",
+                            f"a whole number in [1, {support.MAX_BATCH_SIZE}]",
                         )
-                        preview_every = gr.Slider(
-                            0,
-                            100,
-                            value=1,
-                            step=1,
-                            label="Preview every … steps",
-                            info="0: only the final images",
-                            elem_id="preview_every",
+                        preview_every = guarded(
+                            gr.Slider(
+                                0,
+                                100,
+                                value=1,
+                                step=1,
+                                label="Preview every … steps",
+                                info="0: only the final images",
+                                elem_id="preview_every",
+                            ),
+                            "preview every",
+                            "a whole number in [0, 100]",
                         )
                         with gr.Row():
                             generate = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -487,8 +616,16 @@ def build_demo(default_model: str | None = None) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=1, min_width=280):
                         fwd_digit, fwd_upload = _digit_picker("forward")
-                        fwd_t = gr.Slider(0, support.MAX_STEPS - 1, value=250, step=1, label="t", elem_id="forward_t")
-                        fwd_seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Noise seed")
+                        fwd_t = guarded(
+                            gr.Slider(0, support.MAX_STEPS - 1, value=250, step=1, label="t", elem_id="forward_t"),
+                            "t",
+                            f"a whole number in [0, {support.MAX_STEPS - 1}]",
+                        )
+                        fwd_seed = guarded(
+                            gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Noise seed"),
+                            "seed",
+                            f"a whole number in [0, {MAX_SEED}]",
+                        )
                         fwd_button = gr.Button("Add noise", variant="primary")
                     with gr.Column(scale=2):
                         with gr.Row():
@@ -500,19 +637,39 @@ def build_demo(default_model: str | None = None) -> gr.Blocks:
             with gr.Tab("Likelihood", id="likelihood"):
                 with gr.Row():
                     with gr.Column(scale=1, min_width=280):
-                        nll_first = gr.Slider(0, 499, value=0, step=1, label="First held-out digit #")
-                        nll_count = gr.Slider(1, MAX_LIKELIHOOD_DIGITS, value=4, step=1, label="Number of digits")
-                        nll_upload = image_upload(label="…or upload an image", height=140)
-                        nll_steps = gr.Slider(
-                            1,
-                            support.MAX_STEPS,
-                            value=100,
-                            step=1,
-                            label="Timesteps evaluated (strided chain)",
-                            info="fewer is faster; a strided chain bounds a respaced model",
+                        nll_first = guarded(
+                            gr.Slider(0, 499, value=0, step=1, label="First held-out digit #"),
+                            "first digit",
+                            "a whole number in [0, 499]",
                         )
-                        nll_full = gr.Checkbox(value=False, label="Full chain (all T timesteps; slow on CPU)")
-                        nll_seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+                        nll_count = guarded(
+                            gr.Slider(1, MAX_LIKELIHOOD_DIGITS, value=4, step=1, label="Number of digits"),
+                            "number of digits",
+                            f"a whole number in [1, {MAX_LIKELIHOOD_DIGITS}]",
+                        )
+                        nll_upload = image_upload(label="…or upload an image", height=140)
+                        nll_steps = guarded(
+                            gr.Slider(
+                                1,
+                                support.MAX_STEPS,
+                                value=100,
+                                step=1,
+                                label="Timesteps evaluated (strided chain)",
+                                info="fewer is faster; a strided chain bounds a respaced model",
+                            ),
+                            "timesteps",
+                            f"a whole number in [1, {support.MAX_STEPS}]",
+                        )
+                        nll_full = guarded(
+                            gr.Checkbox(value=False, label="Full chain (all T timesteps; slow on CPU)"),
+                            "full chain",
+                            "true or false",
+                        )
+                        nll_seed = guarded(
+                            gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed"),
+                            "seed",
+                            f"a whole number in [0, {MAX_SEED}]",
+                        )
                         nll_button = gr.Button("Compute bits/dim", variant="primary")
                     with gr.Column(scale=2):
                         nll_images = _image("Images evaluated", height=None)
@@ -531,9 +688,9 @@ def build_demo(default_model: str | None = None) -> gr.Blocks:
                         lat_info = gr.Markdown()
 
         # ---- events
-        limits = [model_md, steps, fwd_t, nll_steps]
+        sliders = [model_md, steps, fwd_t, nll_steps]
         for trigger in (demo.load, model.change):
-            trigger(model_info, [model, steps, fwd_t, nll_steps], limits, api_visibility="private", **heavy)
+            trigger(model_info, [model, steps, fwd_t, nll_steps], sliders, api_visibility="private", **CHEAP)
         shuffle_seed.click(random_seed, None, seed, queue=False, api_visibility="private")
         started = generate.click(
             lambda: (gr.update(interactive=False), gr.update(interactive=True), ""),
@@ -548,7 +705,7 @@ def build_demo(default_model: str | None = None) -> gr.Blocks:
             [xt_image, x0_image, final_image, strip_image, download, status],
             api_name="sample",
             show_progress="minimal",
-            **heavy,
+            **HEAVY,
         )
         sampling.then(
             lambda: (gr.update(interactive=True), gr.update(interactive=False)),
@@ -557,14 +714,14 @@ def build_demo(default_model: str | None = None) -> gr.Blocks:
             queue=False,
             api_visibility="private",
         )
-        stop_button.click(stop, None, stop_info, api_name="stop", queue=False)
+        stop_button.click(stop, None, stop_info, api_name="stop", queue=False, concurrency_limit=None)
 
         fwd_inputs = [model, fwd_digit, fwd_upload, fwd_t, fwd_seed]
         fwd_outputs = [fwd_x0, fwd_xt, fwd_latents, fwd_plot, fwd_info]
-        fwd_button.click(forward_process, fwd_inputs, fwd_outputs, api_name="forward_process", **heavy)
+        fwd_button.click(forward_process, fwd_inputs, fwd_outputs, api_name="forward_process", **CHEAP)
         for trigger in (fwd_t.release, fwd_digit.release, fwd_upload.upload):
             trigger(
-                forward_process, fwd_inputs, fwd_outputs, api_visibility="private", trigger_mode="always_last", **heavy
+                forward_process, fwd_inputs, fwd_outputs, api_visibility="private", trigger_mode="always_last", **CHEAP
             )
 
         nll_button.click(
@@ -572,22 +729,35 @@ def build_demo(default_model: str | None = None) -> gr.Blocks:
             [model, nll_first, nll_count, nll_upload, nll_steps, nll_full, nll_seed],
             [nll_images, nll_summary, nll_plot],
             api_name="likelihood",
-            **heavy,
+            **HEAVY,
         )
         lat_button.click(
             latent_space,
             [model, lat_digit, lat_upload],
             [lat_x0, lat_recon, lat_channels, lat_info],
             api_name="latent_space",
-            **heavy,
+            **HEAVY,
         )
     return demo
 
 
 def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, **kwargs):
-    """Queues (bounded, `CONCURRENCY_LIMIT` model runs at once) and launches `demo`."""
-    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE)
-    return demo.launch(server_name=host, server_port=port, css=CSS, footer_links=["api", "settings"], **kwargs)
+    """
+    Queues and launches `demo` under `SETTINGS`: every model call goes through the queue (`api_open=False`: the
+    `/gradio_api/run/...` routes refuse queued endpoints, `/stop` stays outside it), `SETTINGS.concurrency` model runs
+    and as many cheap calls at once, `SETTINGS.queue_size` jobs in all, `PER_SESSION` per visitor; uploads up to
+    `SETTINGS.max_upload_mb`.
+    """
+    demo.queue(default_concurrency_limit=SETTINGS.concurrency, max_size=SETTINGS.queue_size, api_open=False)
+    fairness.limit_queue(demo._queue, max_size=SETTINGS.queue_size, per_session=PER_SESSION, exempt={"stop"})
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        css=CSS,
+        footer_links=["api", "settings"],
+        max_file_size=_upload_bytes(),
+        **kwargs,
+    )
 
 
 demo = build_demo()
@@ -602,9 +772,10 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help=f"preselected model: bundled:latent, bundled:pixel, a folder or a Hub id (${MODEL_ENV})",
     )
+    limits.add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    app = build_demo(args.model) if args.model else demo
+    app = build_demo(args.model, limits.settings_from_args(args))
     launch(app, host=args.host, port=args.port)
 
 

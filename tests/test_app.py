@@ -81,7 +81,8 @@ def server(models):
     os.environ["HF_HUB_OFFLINE"] = "1"
     import app
 
-    demo = app.build_demo(default_model=models["pixel"])
+    settings = app.limits.AppSettings(model_dirs=(os.path.dirname(models["pixel"]),))
+    demo = app.build_demo(default_model=models["pixel"], settings=settings)
     port = free_port()
     app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -229,9 +230,9 @@ def test_model_cache_loads_each_model_once(server, client, models):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"model": "missing"}, "neither an existing folder nor a Hub id"),
+        ({"model": "missing"}, "This model is not available here"),
         ({"model": "someone/some-ddpm"}, "offline"),
-        ({"model": "EMPTY"}, "is not a pipeline folder"),
+        ({"model": "EMPTY"}, "This model is not available here"),
         ({"steps": 60}, "steps=60 is more than this model's 50 diffusion steps"),
         ({"steps": 5000}, "greater than maximum value 1000"),
         ({"batch_size": 0}, "less than minimum value 1"),
