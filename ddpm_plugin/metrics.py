@@ -1,12 +1,14 @@
 # Copyright 2026 The ddpm_plugin authors. Apache-2.0.
 """Sample-quality metrics on the digit judge's outputs: feature statistics, the Frechet distance
 `||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))` (the FID formula of Heusel et al. 2017, here in the judge's
-feature space) and the confident share / class histogram of its probabilities (`judge_summary`).
+feature space) and the confident share / class histogram of its probabilities (`judge_summary`); and a memorisation
+check, pixel distances to the nearest training image (`nearest_distances`, `memorisation`).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 __all__ = [
     "CONFIDENCE_THRESHOLD",
@@ -14,6 +16,8 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_from_features",
     "judge_summary",
+    "memorisation",
+    "nearest_distances",
 ]
 
 # a sample counts as a recognisable digit when the judge gives its class at least this probability
@@ -87,4 +91,44 @@ def judge_summary(probs: np.ndarray, threshold: float = CONFIDENCE_THRESHOLD) ->
         "class_shares": (class_counts / num_samples).tolist(),
         "confident_class_shares": (confident_counts / max(int(confident.sum()), 1)).tolist(),
         "mean_confidence": float(confidence.mean()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- memorisation
+def nearest_distances(images, reference, batch_size: int = 256) -> np.ndarray:
+    """
+    Pixel-L2 distance from each of `images` to its nearest image in `reference`, `(num_images,)` in float64.
+
+    Both are arrays of the same image shape, `(num_images, ...)` and `(num_reference, ...)`, on one scale (e.g. [0, 1]).
+    """
+    a = torch.as_tensor(np.asarray(images, dtype=np.float64)).flatten(1)
+    b = torch.as_tensor(np.asarray(reference, dtype=np.float64)).flatten(1)
+    if a.shape[1] != b.shape[1] or len(b) == 0:
+        raise ValueError(
+            f"images of shape {tuple(np.shape(images))[1:]} cannot be compared with reference images of shape "
+            f"{tuple(np.shape(reference))[1:]} (need the same image shape and at least one reference image)."
+        )
+    nearest = [torch.cdist(a[i : i + batch_size], b).min(dim=1).values for i in range(0, len(a), batch_size)]
+    return torch.cat(nearest).numpy()
+
+
+def memorisation(sample_distances: np.ndarray, heldout_distances: np.ndarray, quantile: float = 0.05) -> dict:
+    """
+    How close samples come to the training set, measured against real unseen data: the share of samples nearer to
+    their nearest training image than the `quantile` of the held-out images' nearest-training distances. A model that
+    generalises has about `quantile` of its samples there; one that reproduces its training images has far more.
+
+    Returns:
+        `{"quantile", "threshold", "share_below", "sample_median", "heldout_median"}`.
+    """
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}.")
+    sample_distances, heldout_distances = np.asarray(sample_distances), np.asarray(heldout_distances)
+    threshold = float(np.quantile(heldout_distances, quantile))
+    return {
+        "quantile": quantile,
+        "threshold": threshold,
+        "share_below": float(np.mean(sample_distances < threshold)),
+        "sample_median": float(np.median(sample_distances)),
+        "heldout_median": float(np.median(heldout_distances)),
     }
