@@ -13,6 +13,7 @@ Helpers for the test modules:
 import importlib
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -56,19 +57,32 @@ def require_or_skip(*, module: str | None = None, path: str | os.PathLike | None
     pytest.skip(message, allow_module_level=True)
 
 
-@pytest.fixture
-def bit_exact(monkeypatch):
-    """Sets what bit-identical repeated runs need on a CUDA GPU (see the module docstring); nothing on the CPU."""
+@contextmanager
+def cuda_bit_exact():
+    """Sets, while inside, what bit-identical repeated runs need on a CUDA GPU (see the module docstring); nothing on
+    the CPU."""
     if not torch.cuda.is_available():
         yield
         return
-    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+    previous_env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     previous = torch.are_deterministic_algorithms_enabled()
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
     torch.use_deterministic_algorithms(True)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(previous)
+        if previous_env is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = previous_env
+
+
+@pytest.fixture
+def bit_exact():
+    """`cuda_bit_exact` for one test."""
+    with cuda_bit_exact():
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cuda_bit_exact, require_or_skip
 from PIL import Image
 
 from ddpm_plugin import DDPMUNet2DModel, GaussianDDPMScheduler, PixelDDPMPipeline
@@ -16,6 +17,14 @@ from ddpm_plugin import sample as sample_module
 from ddpm_plugin.sample import generators_for, main, sample_seed, shard_ranges
 
 NUM_SAMPLES, SHARD_SIZE, BATCH_SIZE = 10, 4, 3  # shards [0, 4), [4, 8), [8, 10); batches of 3, 1, 3, 1, 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _bit_exact():
+    """The tests compare the bytes of images made in different runs and processes: on a GPU that needs cuBLAS's fixed
+    workspace (inherited by the torchrun processes) and deterministic kernels; on the CPU nothing."""
+    with cuda_bit_exact():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +175,7 @@ def test_ddim_and_dpm_samplers_write_different_images(single_run, model_dir, tmp
 
 
 def test_two_processes_under_torchrun_match_one_process(single_run, model_dir, tmp_path):
-    torchrun = Path(sys.executable).parent / "torchrun"
+    torchrun = require_or_skip(path=Path(sys.executable).parent / "torchrun", install="it comes with torch")
     out = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "ddpm_plugin.sample"]

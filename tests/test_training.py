@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require_or_skip
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -308,9 +309,11 @@ def test_finetune_from_diffusers_unet2d_folder_at_new_resolution(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- reliability
-def test_resume_is_exact(tmp_path):
+def test_resume_is_exact(tmp_path, bit_exact):
     """Stopping at step 3 and resuming to 6 gives bit-identical weights, EMA and optimizer-driven updates to an
-    uninterrupted 6-step run: random flips, dropout, gradient accumulation and an epoch boundary included."""
+    uninterrupted 6-step run: random flips, dropout, gradient accumulation and an epoch boundary included. Bit-exact
+    on the CPU with a fixed thread count; on a GPU also with `bit_exact` (cuBLAS workspace, deterministic kernels)
+    and `deterministic=True`."""
     common = dict(max_train_samples=32, train_batch_size=4, gradient_accumulation_steps=2, random_flip=True,
                   dropout=0.1, deterministic=True, checkpointing_steps=3, lr_warmup_steps=2, final_eval_num_images=0)  # fmt: skip
     full = train(tiny(tmp_path / "full", max_train_steps=6, **common))
@@ -337,9 +340,9 @@ def test_resume_is_exact(tmp_path):
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
-def test_kill_during_checkpoint_save_then_resume(tmp_path):
+def test_kill_during_checkpoint_save_then_resume(tmp_path, bit_exact):
     """SIGKILL inside the save of step 4 (after the weights are written): checkpoint-2 stays the latest complete one;
-    resuming from it reaches the same step-6 weights as an uninterrupted run."""
+    resuming from it reaches the same step-6 weights as an uninterrupted run (bit-exact: see test_resume_is_exact)."""
     args = tiny_values(tmp_path / "killed", max_train_steps=6, checkpointing_steps=2, deterministic=True)
     flags = []
     for key, value in args.items():
@@ -431,7 +434,7 @@ def test_empty_folder_is_refused(tmp_path):
 
 
 def test_dataset_without_the_image_column_is_refused(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    datasets = require_or_skip(module="datasets", install="pip install -e '.[train]'")
     images = [Image.fromarray(np.zeros((8, 8), dtype=np.uint8)) for _ in range(4)]
     datasets.Dataset.from_dict({"picture": images, "label": [0, 1, 2, 3]}).save_to_disk(str(tmp_path / "ds"))
     with pytest.raises(ValueError, match=r"no column 'image'.*'picture'"):
