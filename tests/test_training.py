@@ -575,24 +575,35 @@ def test_push_to_hub_at_the_end_of_training(tmp_path):
 
 
 def test_ddpm_train_console_script(tmp_path):
-    """The `ddpm-train` entry point of pyproject.toml: a one-step run, the command recorded as `ddpm-train ...`."""
+    """The `ddpm-train` entry point of pyproject.toml: a one-step run, the command recorded as `ddpm-train ...`.
+
+    The installed script is checked to exist; the run calls the entry point that this checkout's pyproject.toml
+    registers, the way that script does, in a fresh interpreter whose packages are this checkout (the script file
+    itself imports the checkout the environment was installed from, another one in a shared development environment).
+    """
+    import tomllib
+
     script = Path(sys.executable).parent / "ddpm-train"
     assert script.is_file(), f"{script} is missing: pip install -e . installs the console script"
+    target = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["ddpm-train"]
+    module, function = target.split(":")
+    run_entry = f"import sys\nfrom {module} import {function}\nsys.argv[0] = {str(script)!r}\nsys.exit({function}())"
     out = tmp_path / "run"
     flags = ["--output_dir", str(out), "--max_train_steps", "1", "--max_train_samples", "8", "--train_batch_size", "4",
              "--model_channels", "8", "--norm_num_groups", "4", "--channel_mult", "1", "--attention_resolutions",
              "--layers_per_block", "1", "--num_train_timesteps", "10", "--default_num_inference_steps", "1",
              "--final_eval_num_images", "0", "--sample_steps", "0", "--eval_steps", "0", "--report_to", "none",
              "--card_grid_inference_steps", "1", "--no-progress_bar"]  # fmt: skip
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    result = subprocess.run([str(script), *flags], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def ddpm_train(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-c", run_entry, *args]
+        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    result = ddpm_train(*flags)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"ddpm-train: step 1; final folder: {out / 'pipeline'}" in result.stdout
     recorded = json.loads((out / "training_config.json").read_text())
     assert recorded["command"].startswith("ddpm-train --output_dir")
-    bad = subprocess.run([str(script), "--channels", "2"], env=env, capture_output=True, text=True, timeout=120)
+    bad = ddpm_train("--channels", "2")
     assert bad.returncode == 2 and "ddpm-train: error: channels=2" in bad.stderr
