@@ -12,14 +12,21 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import require_or_skip
 from PIL import Image
 
-gradio_client = pytest.importorskip("gradio_client")
+gradio_client = require_or_skip(module="gradio_client", install="pip install -e '.[test]'")
 import gradio  # noqa: E402
-from diffusers import AutoencoderKL  # noqa: E402
+from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
-from ddpm_plugin import DDPMUNet2DModel, GaussianDDPMScheduler, LatentDDPMPipeline, PixelDDPMPipeline  # noqa: E402
+from ddpm_plugin import (  # noqa: E402
+    DDPMUNet2DModel,
+    GaussianDDPMScheduler,
+    LatentDDPMPipeline,
+    PixelDDPMPipeline,
+    bits_per_dim,
+)
 from ddpm_plugin import app as support  # noqa: E402
 
 
@@ -105,9 +112,11 @@ def read_png(path: str) -> np.ndarray:
         return np.asarray(image).copy()
 
 
-def reference_grid(folder: str, seed: int, steps: int, batch_size: int) -> np.ndarray:
-    """The final grid the app should show, computed with the library directly."""
+def reference_grid(folder: str, seed: int, steps: int, batch_size: int, scheduler_class=None) -> np.ndarray:
+    """The final grid the app should show, computed with the library directly (`scheduler_class`: another sampler)."""
     pipe = PixelDDPMPipeline.from_pretrained(folder)
+    if scheduler_class is not None:
+        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
     images = pipe(
         batch_size=batch_size,
         generator=torch.Generator().manual_seed(seed),
@@ -183,11 +192,19 @@ def test_same_seed_same_images_other_seed_differs(client, models):
     assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("sampler", ["DDIM", "DPM-Solver"])
-def test_other_samplers(client, models, sampler):
-    job = client.submit(**sample_args(models["pixel"], steps=8, preview_every=2, sampler=sampler))
+@pytest.mark.parametrize(
+    "sampler, scheduler_class", [("DDIM", DDIMScheduler), ("DPM-Solver", DPMSolverMultistepScheduler)]
+)
+def test_other_samplers(client, models, sampler, scheduler_class):
+    job = client.submit(**sample_args(models["pixel"], seed=5, steps=8, preview_every=2, sampler=sampler))
     final = job.result(timeout=120)
     assert len(job.outputs()) == 4 and "Done" in final[5] and sampler in final[5]
+    # the sampler really ran: the grid is what diffusers' scheduler of that class makes from the same seed, and it
+    # differs from the DDPM grid (a status text that merely repeats the input would pass the line above)
+    shown = read_png(final[2])
+    expected = reference_grid(models["pixel"], seed=5, steps=8, batch_size=2, scheduler_class=scheduler_class)
+    np.testing.assert_array_equal(shown, expected)
+    assert not np.array_equal(shown, reference_grid(models["pixel"], seed=5, steps=8, batch_size=2))
 
 
 def test_stop_keeps_what_was_made(client, models):
@@ -250,12 +267,31 @@ def test_bad_sample_input_is_a_named_error(client, models, tmp_path, change, mes
     assert "Traceback" not in str(info.value)
 
 
-def test_forward_process(client, models):
+def shown_images(app, images: torch.Tensor) -> np.ndarray:
+    """Images `(batch_size, num_channels, height, width)` in [-1, 1] as the app shows them (an upscaled uint8 grid)."""
+    return app.grid(support.images_to_uint8((images / 2 + 0.5).clamp(0, 1)))
+
+
+def assert_images_close(shown: np.ndarray, expected: np.ndarray) -> None:
+    """Equal up to one 8-bit level: float32 rounding of a computation done in another order may cross a level."""
+    assert shown.shape == expected.shape
+    assert np.abs(shown.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_forward_process(server, client, models):
+    app = server[0]
     x0, xt, latents, plot, info = client.predict(
         model=models["pixel"], digit_index=3, upload=None, timestep=20, seed=0, api_name="/forward_process"
     )
-    assert read_png(x0).shape == read_png(xt).shape and not np.array_equal(read_png(x0), read_png(xt))
-    assert latents is None and plot is not None and "t = 20" in info
+    # x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, Ho (4), with eps from the seed, computed here
+    pipe = PixelDDPMPipeline.from_pretrained(models["pixel"])
+    digit = support.to_model_input(support.digits_by_index([3]), pipe)
+    eps = torch.randn(digit.shape, generator=torch.Generator().manual_seed(0))
+    alpha_bar = float(torch.cumprod(1 - pipe.scheduler.betas.double(), 0)[20])
+    expected = math.sqrt(alpha_bar) * digit + math.sqrt(1 - alpha_bar) * eps
+    assert_images_close(read_png(x0), shown_images(app, digit))
+    assert_images_close(read_png(xt), shown_images(app, expected))
+    assert latents is None and plot is not None and "t = 20" in info and f"ᾱ_t = {alpha_bar:.4g}" in info
     with pytest.raises(Exception, match="t=50 is out of range; this model's timesteps are 0..49"):
         client.predict(
             model=models["pixel"], digit_index=3, upload=None, timestep=50, seed=0, api_name="/forward_process"
@@ -304,18 +340,43 @@ def test_likelihood(client, models, kind):
         api_name="/likelihood",
     )
     assert "bits/dim" in summary and "5-step strided chain" in summary and plot is not None
-    bpd = float(summary.split("**")[1].split(" ")[0])
-    assert math.isfinite(bpd)
     assert ("−log p(x | z)" in summary) == (kind == "latent")  # the latent bound's VAE terms
+    # the same digits, chain and seed through `bits_per_dim` directly; the app prints 3 decimals
+    cls = LatentDDPMPipeline if kind == "latent" else PixelDDPMPipeline
+    pipe = cls.from_pretrained(models[kind])
+    digits = support.to_model_input(support.digits_by_index([0, 1]), pipe)
+    expected = bits_per_dim(
+        pipe.unet,
+        GaussianDDPMScheduler.from_config(pipe.scheduler.config),
+        digits,
+        vae=getattr(pipe, "vae", None),
+        generator=torch.Generator().manual_seed(0),
+        num_timesteps=5,
+    ).bpd
+    mean = float(summary.split("**")[1].split(" ")[0])
+    assert mean == pytest.approx(float(expected.mean()), abs=6e-4)
+    # the first table's first column: bits/dim per image
+    rows = [line for line in summary.splitlines() if line.startswith(("| 0 |", "| 1 |"))][:2]
+    per_image = [float(row.split("|")[2]) for row in rows]
+    np.testing.assert_allclose(per_image, expected.numpy(), atol=6e-4)
 
 
-def test_latent_space(client, models):
+def test_latent_space(server, client, models):
+    app = server[0]
     x0, recon, channels, info = client.predict(
         model=models["latent"], digit_index=1, upload=None, api_name="/latent_space"
     )
-    assert read_png(x0).shape == read_png(recon).shape
+    # the reconstruction is decoder(mean of q(z | x)), computed here with the pipeline's AutoencoderKL
+    pipe = LatentDDPMPipeline.from_pretrained(models["latent"])
+    digit = support.to_model_input(support.digits_by_index([1]), pipe)
+    with torch.no_grad():
+        z = pipe.vae.encode(digit).latent_dist.mode()
+        reconstruction = pipe.vae.decode(z).sample
+    assert_images_close(read_png(x0), shown_images(app, digit))
+    assert_images_close(read_png(recon), shown_images(app, reconstruction))
     assert read_png(channels).shape[1] > read_png(channels).shape[0]  # 2 channels side by side
-    assert "(2, 8, 8)" in info
+    scale = pipe.vae.config.scaling_factor
+    assert "(2, 8, 8)" in info and f"std(z_0) = {float((z * scale).std()):.3f}" in info
     with pytest.raises(Exception, match="needs a latent model"):
         client.predict(model=models["pixel"], digit_index=1, upload=None, api_name="/latent_space")
 
@@ -326,6 +387,33 @@ def test_import_has_no_side_effects(server):
     assert isinstance(app.demo, gradio.Blocks) and not app.demo.is_running  # the tests launched their own Blocks
     assert not any(key.startswith("bundled:") for key in app.CACHE.load_counts)  # the default model was never loaded
     assert not os.path.exists(os.path.splitext(app.__file__)[0] + ".pyi")  # gradio writes one for component subclasses
+
+
+def model_dropdown(demo: gradio.Blocks) -> gradio.Dropdown:
+    (dropdown,) = [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "model"]
+    return dropdown
+
+
+def test_main_flags_and_environment(server, models, monkeypatch):
+    """`python app.py --host --port --model`, and their defaults from the environment; nothing is launched here."""
+    app = server[0]
+    launched = []
+    monkeypatch.setattr(app, "launch", lambda demo, host=None, port=None, **kw: launched.append((demo, host, port)))
+    app.main(["--host", "0.0.0.0", "--port", "8123", "--model", models["pixel"]])
+    demo, host, port = launched[-1]
+    assert (host, port) == ("0.0.0.0", 8123)
+    assert demo is not app.demo and model_dropdown(demo).value == models["pixel"]
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "127.0.0.2")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
+    app.main([])
+    demo, host, port = launched[-1]
+    assert (host, port) == ("127.0.0.2", 7999)
+    assert model_dropdown(demo).value == app.DEFAULT_MODEL == "bundled:latent"  # settings from flags: a new demo
+    monkeypatch.setenv(app.MODEL_ENV, models["latent"])
+    assert model_dropdown(app.build_demo()).value == models["latent"]
+    with pytest.raises(SystemExit):
+        app.main(["--port", "eighty"])
+    assert len(launched) == 2
 
 
 def test_make_grid_tiles_and_upscales_with_nearest_neighbour():

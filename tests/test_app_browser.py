@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_or_skip
 
 pytestmark = pytest.mark.browser
 
@@ -29,12 +30,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-if not os.path.exists(CHROMIUM):
-    pytest.skip(
-        f"{CHROMIUM} is absent: install Debian chromium (apt-get install -y chromium) for the browser test",
-        allow_module_level=True,
-    )
-sync_api = pytest.importorskip("playwright.sync_api")
+require_or_skip(path=CHROMIUM, install="install Debian chromium (apt-get install -y chromium) for the browser test")
+sync_api = require_or_skip(module="playwright.sync_api", install="pip install -e '.[test]'")
 
 from ddpm_plugin import DDPMUNet2DModel, GaussianDDPMScheduler, PixelDDPMPipeline  # noqa: E402
 

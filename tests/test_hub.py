@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler
-from huggingface_hub import ModelCard
+from huggingface_hub import HfApi, ModelCard, RepoUrl
 from PIL import Image
 
 import ddpm_plugin
@@ -276,6 +276,11 @@ def test_trust_remote_code_load_without_ddpm_plugin(pixel_pipe, latent_pipe, tmp
 
 
 # ---------------------------------------------------------------------------------------------------- push_to_hub
+def mocked_hf_api():
+    """`HfApi` replaced by an autospec'd mock: a call that no longer fits HfApi's signature fails the test."""
+    return mock.patch.object(hub_module, "HfApi", mock.create_autospec(HfApi))
+
+
 def test_push_to_hub_mocked(pixel_pipe):
     seen = {}
 
@@ -283,11 +288,12 @@ def test_push_to_hub_mocked(pixel_pipe):
         folder = Path(kwargs["folder_path"])
         seen["files"] = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
         seen["card"] = (folder / "README.md").read_text()
-        return "commit-info"
+        return mock.DEFAULT  # the autospec'd return value
 
-    with mock.patch.object(hub_module, "HfApi") as api_cls:
+    with mocked_hf_api() as api_cls:
         api = api_cls.return_value
-        api.create_repo.return_value = types.SimpleNamespace(repo_id="org/tiny")
+        # the Hub may canonicalise the id (here its case): the upload goes to the repository create_repo returned
+        api.create_repo.return_value = RepoUrl("https://huggingface.co/Org/Tiny")
         api.upload_folder.side_effect = upload_folder
         result = push_to_hub(
             pixel_pipe,
@@ -299,11 +305,11 @@ def test_push_to_hub_mocked(pixel_pipe):
             grid_rows=1,
             grid_cols=2,
         )
-    assert result == "commit-info"
+    assert result is api.upload_folder.return_value  # the upload's commit info is handed back
     api_cls.assert_called_once_with(token="hf_test")
     api.create_repo.assert_called_once_with(repo_id="org/tiny", private=True, exist_ok=True, repo_type="model")
     kwargs = api.upload_folder.call_args.kwargs
-    assert kwargs["repo_id"] == "org/tiny" and kwargs["repo_type"] == "model"
+    assert kwargs["repo_id"] == "Org/Tiny" and kwargs["repo_type"] == "model"
     assert kwargs["commit_message"] == "first model" and kwargs["create_pr"] is False
     assert not Path(kwargs["folder_path"]).exists()  # the temporary folder is cleaned up
     assert {"model_index.json", "samples.png", "README.md", "unet/diffusion_pytorch_model.safetensors"} <= set(
@@ -314,7 +320,7 @@ def test_push_to_hub_mocked(pixel_pipe):
 
 @pytest.mark.parametrize("repo_id", ["tiny", "a/b/c", "/tiny", ""])
 def test_push_to_hub_bad_repo_id(pixel_pipe, repo_id):
-    with mock.patch.object(hub_module, "HfApi") as api_cls, pytest.raises(ValueError, match="user_or_org/name"):
+    with mocked_hf_api() as api_cls, pytest.raises(ValueError, match="user_or_org/name"):
         push_to_hub(pixel_pipe, repo_id)
     api_cls.return_value.create_repo.assert_not_called()
 

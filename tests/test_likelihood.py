@@ -15,6 +15,7 @@ from ddpm_plugin.latent import (
     estimate_latent_scale,
     fit_decoder_log_scale,
     get_decoder_log_scale,
+    get_latent_scale,
     set_decoder_log_scale,
     set_latent_scale,
 )
@@ -624,3 +625,23 @@ def test_latent_bound_fits_the_decoder_scale_when_none_is_stored():
     with pytest.raises(ValueError, match="scaling_factor"):
         vae.register_to_config(scaling_factor=0.0)
         bits_per_dim(GaussianOracle(scheduler, 1.0), scheduler, images, vae=vae)
+
+
+def test_get_latent_scale_reads_and_checks_the_vae_config():
+    vae = AutoencoderKL(
+        in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(8,), latent_channels=2, norm_num_groups=4, sample_size=8,
+    )  # fmt: skip
+    set_latent_scale(vae, 0.37)
+    assert get_latent_scale(vae) == 0.37
+    for bad in (0.0, -1.0, float("nan"), None):
+        vae.register_to_config(scaling_factor=bad)
+        with pytest.raises(ValueError, match=r"scaling_factor=.*positive number"):
+            get_latent_scale(vae)
+    vae.register_to_config(scaling_factor=0.5, shift_factor=0.1)
+    with pytest.raises(ValueError, match="shift_factor=0.1 is not supported"):
+        get_latent_scale(vae)
+    vae.register_to_config(shift_factor=None)
+    assert get_latent_scale(vae) == 0.5
+    with pytest.raises(ValueError, match="must be a diffusers.AutoencoderKL"):
+        get_latent_scale(torch.nn.Linear(2, 2))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cuda_bit_exact, require_or_skip
 from PIL import Image
 
 from ddpm_plugin import DDPMUNet2DModel, GaussianDDPMScheduler, PixelDDPMPipeline
@@ -16,6 +17,14 @@ from ddpm_plugin import sample as sample_module
 from ddpm_plugin.sample import generators_for, main, sample_seed, shard_ranges
 
 NUM_SAMPLES, SHARD_SIZE, BATCH_SIZE = 10, 4, 3  # shards [0, 4), [4, 8), [8, 10); batches of 3, 1, 3, 1, 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _bit_exact():
+    """The tests compare the bytes of images made in different runs and processes: on a GPU that needs cuBLAS's fixed
+    workspace (inherited by the torchrun processes) and deterministic kernels; on the CPU nothing."""
+    with cuda_bit_exact():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +175,7 @@ def test_ddim_and_dpm_samplers_write_different_images(single_run, model_dir, tmp
 
 
 def test_two_processes_under_torchrun_match_one_process(single_run, model_dir, tmp_path):
-    torchrun = Path(sys.executable).parent / "torchrun"
+    torchrun = require_or_skip(path=Path(sys.executable).parent / "torchrun", install="it comes with torch")
     out = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "ddpm_plugin.sample"]
@@ -176,3 +185,17 @@ def test_two_processes_under_torchrun_match_one_process(single_run, model_dir, t
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "3/3 shards done" in result.stdout and "process 0 of 2" in result.stdout
     assert _pngs(out) == _pngs(single_run[0])  # same names (no gaps, no extras) and same bytes
+
+
+def test_bfloat16_dtype_samples_close_to_float32(single_run, model_dir, tmp_path):
+    """`--dtype bfloat16`: the pipeline runs in bfloat16 (8-bit mantissa), so the images differ from the float32 ones,
+    by a few 8-bit levels on average, and the run config records the dtype."""
+    out = tmp_path / "bf16"
+    main(_args(model_dir, out, "--dtype", "bfloat16"))
+    assert json.loads((out / "run_config.json").read_text())["dtype"] == "bfloat16"
+    bf16 = np.stack([np.asarray(Image.open(out / name), dtype=float) for name in sorted(_pngs(out))])
+    fp32 = np.stack([np.asarray(Image.open(single_run[0] / name), dtype=float) for name in sorted(_pngs(out))])
+    assert bf16.shape == fp32.shape == (NUM_SAMPLES, 8, 8)
+    difference = np.abs(bf16 - fp32)
+    assert difference.max() > 0  # bfloat16 did run
+    assert difference.mean() < 0.05 * 255  # and sampled the same images, up to its rounding

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from conftest import require_or_skip
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -25,8 +25,8 @@ def _records(path: Path) -> tuple[dict[int, list[int]], dict]:
     return batches, final
 
 
-@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this Python")
-def test_two_processes_see_different_data_and_end_identical(tmp_path):
+def test_two_processes_see_different_data_and_end_identical(tmp_path, bit_exact):
+    require_or_skip(path=TORCHRUN, install="torchrun comes with torch, next to this Python")
     out = tmp_path / "ddp"
     command = [
         str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "training",
