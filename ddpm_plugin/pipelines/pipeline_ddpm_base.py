@@ -153,6 +153,10 @@ class DDPMBasePipeline(DiffusionPipeline):
         the output itself for sample prediction and `sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v` for v.
 
         Returns `None` when the scheduler has no `alphas_cumprod` or the timestep is not an integer index.
+
+        This is docs/maths.md [PRED] as `GaussianDDPMScheduler.predict_original_sample` computes it, kept here because
+        it reads the other scheduler's own (float32) `alphas_cumprod` rather than a float64 table, and because this
+        file, copied into Hub repositories, may import only its sibling modules.
         """
         alphas_cumprod = getattr(self.scheduler, "alphas_cumprod", None)
         t = float(timestep)
