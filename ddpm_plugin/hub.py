@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers.utils import make_image_grid
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from PIL import Image
 
@@ -293,10 +294,10 @@ def _sample_grid(pipeline: Any, rows: int, cols: int, seed: int, num_inference_s
     images = pipeline(
         batch_size=rows * cols, generator=generators, num_inference_steps=num_inference_steps, output_type="np"
     ).images  # (N, H, W, C) in [0, 1]
-    n, height, width, channels = images.shape
-    grid = images.reshape(rows, cols, height, width, channels).transpose(0, 2, 1, 3, 4)  # (rows, H, cols, W, C)
-    grid = (grid.reshape(rows * height, cols * width, channels) * 255).round().astype(np.uint8)
-    return Image.fromarray(grid[..., 0] if channels == 1 else grid)
+    grayscale = images.shape[-1] == 1
+    tiles = [Image.fromarray(x[..., 0] if grayscale else x) for x in (images * 255).round().astype(np.uint8)]
+    grid = make_image_grid(tiles, rows=rows, cols=cols)  # always RGB
+    return grid.convert("L") if grayscale else grid
 
 
 def _model_card(

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers.utils import make_image_grid
+from PIL import Image
 
 __all__ = [
     "PreviewRenderer",
@@ -96,18 +98,17 @@ def make_grid(images: np.ndarray, ncols: int | None = None, target_size: int = 2
         batch, channels = batch * channels, 1
     ncols = max(1, min(ncols or math.ceil(math.sqrt(batch)), batch))
     nrows = math.ceil(batch / ncols)
-    grid = np.full(
-        (nrows * (height + gap) - gap, ncols * (width + gap) - gap, channels), 128, dtype=np.uint8
-    )  # (H', W', C)
-    for i in range(batch):
-        r, c = divmod(i, ncols)
-        grid[r * (height + gap) : r * (height + gap) + height, c * (width + gap) : c * (width + gap) + width] = images[
-            i
-        ]
+    # each tile with its gap on the right and below, grey tiles filling the last row; the last gaps are cut off
+    tiles = np.full((nrows * ncols, height + gap, width + gap, channels), 128, dtype=np.uint8)
+    tiles[:batch, :height, :width] = images
+    grid = make_image_grid(
+        [Image.fromarray(tile[..., 0] if channels == 1 else tile) for tile in tiles], rows=nrows, cols=ncols
+    )
+    grid = np.asarray(grid)[: nrows * (height + gap) - gap, : ncols * (width + gap) - gap]  # (H', W', 3)
     scale = max(1, target_size // max(grid.shape[0], grid.shape[1]))
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
-    return grid[:, :, 0] if channels == 1 else grid
+    return grid[:, :, 0].copy() if channels == 1 else grid.copy()
 
 
 def latents_to_uint8(latents: torch.Tensor) -> np.ndarray:

@@ -9,7 +9,7 @@ from the same model output and the scheduler's own `alphas_cumprod` (`_pred_orig
 Loading reads safetensors only (`use_safetensors=True` unless the caller says otherwise), and a missing, truncated
 or corrupted weight file raises an `OSError` naming that file.
 
-This file imports nothing outside the standard library, torch and diffusers (plus `.preview`): `save_for_hub` copies
+This file imports nothing outside the standard library, torch, diffusers and safetensors (plus `.preview`): `save_for_hub` copies
 it next to the pipeline code of a Hub repository, where `ddpm_plugin` is not installed.
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
+from safetensors import safe_open
 
 from .preview import DDPMPreview
 
@@ -153,6 +153,10 @@ class DDPMBasePipeline(DiffusionPipeline):
         the output itself for sample prediction and `sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v` for v.
 
         Returns `None` when the scheduler has no `alphas_cumprod` or the timestep is not an integer index.
+
+        This is docs/maths.md [PRED] as `GaussianDDPMScheduler.predict_original_sample` computes it, kept here because
+        it reads the other scheduler's own (float32) `alphas_cumprod` rather than a float64 table, and because this
+        file, copied into Hub repositories, may import only its sibling modules.
         """
         alphas_cumprod = getattr(self.scheduler, "alphas_cumprod", None)
         t = float(timestep)
@@ -375,20 +379,10 @@ def _diagnose_weight_files(
 
 
 def _safetensors_problem(path: str) -> str | None:
-    """What is wrong with a safetensors file (8-byte header length, JSON header, data), or `None`."""
-    size = os.path.getsize(path)
-    if size < 8:
-        return f"is truncated: {size} bytes, shorter than the 8-byte safetensors header length"
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        if 8 + header_len > size:
-            return f"is truncated or corrupted: its header claims {header_len} bytes but the file has {size} bytes"
-        try:
-            header = json.loads(f.read(header_len))
-            ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
-            return "has a corrupted safetensors header"
-    expected = 8 + header_len + max(ends, default=0)
-    if expected != size:
-        return f"is truncated or corrupted: its header describes {expected} bytes but the file has {size} bytes"
+    """What is wrong with a safetensors file (its header and the data it describes, as `safe_open` checks), or `None`."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            f.keys()
+    except Exception as error:  # safetensors raises its own SafetensorError (header, length) or OSError
+        return f"is truncated or corrupted ({os.path.getsize(path)} bytes; safetensors: {error})"
     return None

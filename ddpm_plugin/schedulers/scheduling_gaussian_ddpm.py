@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -406,20 +407,60 @@ class GaussianDDPMScheduler(SchedulerMixin, ConfigMixin):
             return model_output[:, :channels], model_output[:, channels:]
         return model_output, None
 
-    def _pred_original_sample(
-        self, model_output: torch.Tensor, sample: torch.Tensor, sqrt_alpha_prod, sqrt_one_minus_alpha_prod
+    def predict_original_sample(
+        self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor
     ) -> torch.Tensor:
-        """x0_hat from the model output: Ho (15) for epsilon, identity for sample, v-parameterisation for v."""
-        if self.config.prediction_type == "epsilon":
-            x0 = (sample - sqrt_one_minus_alpha_prod * model_output) / sqrt_alpha_prod
-        elif self.config.prediction_type == "sample":
-            x0 = model_output
-        else:  # v = sqrt(abar) eps - sqrt(1 - abar) x_0  =>  x_0 = sqrt(abar) x_t - sqrt(1 - abar) v
-            x0 = sqrt_alpha_prod * sample - sqrt_one_minus_alpha_prod * model_output
+        """
+        x0_hat of docs/maths.md [X0] / [PRED] (Ho (15) for epsilon prediction), clipped or thresholded as configured,
+        from the float64 table of the current chain. `step` and `p_mean_variance` use it.
+
+        Args:
+            model_output (`torch.Tensor` of shape `(batch_size, num_channels or 2 * num_channels, height, width)`):
+                the network output (the variance channels of `learned` / `learned_range` are not used).
+            timestep (`int` or `torch.Tensor`): one timestep of the chain (an int or a 0-dim tensor), or per-sample
+                timesteps of shape `(batch_size,)`.
+            sample (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`): x_t.
+
+        Returns:
+            `torch.Tensor`: x0_hat, a new tensor shaped like `sample`.
+        """
+        model_output, _ = self._split_model_output(model_output, sample)
+        if isinstance(timestep, torch.Tensor) and timestep.ndim > 0:
+            return self._predict_original_sample(model_output, timestep, sample)
+        t = int(timestep)
+        self._check_in_chain(t)
+        return self._predict_original_sample(model_output, t, sample)
+
+    def _predict_original_sample(
+        self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor
+    ) -> torch.Tensor:
+        """`predict_original_sample` for a prediction without variance channels and a timestep in the chain."""
+        pred_type = self.config.prediction_type
+        if isinstance(timestep, int):
+            # one step: the table's Python floats, fused and in place on a fresh tensor (the speed of `step`)
+            row = self._scalar_rows[timestep]
+            if pred_type == "epsilon":  # subtract first, then multiply by 1 / sqrt(abar): fewer roundings
+                x0 = torch.sub(sample, model_output, alpha=row[_COL["sqrt_one_minus_alpha_prod"]])
+                x0.mul_(row[_COL["sqrt_recip_alpha_prod"]])
+            elif pred_type == "sample":
+                x0 = model_output.clone()
+            else:
+                x0 = torch.mul(sample, row[_COL["sqrt_alpha_prod"]])
+                x0.add_(model_output, alpha=-row[_COL["sqrt_one_minus_alpha_prod"]])
+        else:
+            # per-sample timesteps: columns shaped (batch_size, 1, ..., 1)
+            sqrt_alpha_prod = self._column("sqrt_alpha_prod", timestep, sample)
+            sqrt_one_minus_alpha_prod = self._column("sqrt_one_minus_alpha_prod", timestep, sample)
+            if pred_type == "epsilon":
+                x0 = (sample - sqrt_one_minus_alpha_prod * model_output) / sqrt_alpha_prod
+            elif pred_type == "sample":
+                x0 = model_output.clone()
+            else:  # v = sqrt(abar) eps - sqrt(1 - abar) x_0  =>  x_0 = sqrt(abar) x_t - sqrt(1 - abar) v
+                x0 = sqrt_alpha_prod * sample - sqrt_one_minus_alpha_prod * model_output
         if self.config.thresholding:
-            x0 = self._threshold_sample(x0)
-        elif self.config.clip_sample:
-            x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+            return self._threshold_sample(x0)
+        if self.config.clip_sample:
+            x0.clamp_(-self.config.clip_sample_range, self.config.clip_sample_range)
         return x0
 
     def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
@@ -458,20 +499,8 @@ class GaussianDDPMScheduler(SchedulerMixin, ConfigMixin):
         model_output, predicted_variance = self._split_model_output(model_output, sample)
         row = self._scalar_rows[t]
 
-        # 1. x0_hat from the model output, Ho (15), clipped or thresholded (fused, in place on fresh tensors)
-        pred_type = self.config.prediction_type
-        if pred_type == "epsilon":  # x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar); subtract first, fewer roundings
-            pred_original_sample = torch.sub(sample, model_output, alpha=row[_COL["sqrt_one_minus_alpha_prod"]])
-            pred_original_sample.mul_(row[_COL["sqrt_recip_alpha_prod"]])
-        elif pred_type == "sample":
-            pred_original_sample = model_output.clone()
-        else:  # x0 = sqrt(abar) x_t - sqrt(1 - abar) v
-            pred_original_sample = torch.mul(sample, row[_COL["sqrt_alpha_prod"]])
-            pred_original_sample.add_(model_output, alpha=-row[_COL["sqrt_one_minus_alpha_prod"]])
-        if self.config.thresholding:
-            pred_original_sample = self._threshold_sample(pred_original_sample)
-        elif self.config.clip_sample:
-            pred_original_sample.clamp_(-self.config.clip_sample_range, self.config.clip_sample_range)
+        # 1. x0_hat from the model output, Ho (15), clipped or thresholded
+        pred_original_sample = self._predict_original_sample(model_output, t, sample)
         # 2. mean of q(x_{t-1} | x_t, x0_hat), Ho (7); equals mu_theta of Ho (11) for epsilon prediction
         pred_prev_sample = torch.mul(sample, row[_COL["current_sample_coeff"]])
         pred_prev_sample.add_(pred_original_sample, alpha=row[_COL["pred_original_sample_coeff"]])
@@ -480,30 +509,46 @@ class GaussianDDPMScheduler(SchedulerMixin, ConfigMixin):
             variance_noise = randn_tensor(
                 model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
             )
-            std = self._reverse_std(t, row, predicted_variance)
-            if isinstance(std, float):
-                pred_prev_sample.add_(variance_noise, alpha=std)
+            # unclipped log variance: a chain ending at t > 0 (trailing spacing) samples its last step from a
+            # posterior of variance 0
+            variance, log_variance = self._reverse_variance(
+                lambda name: row[_COL[name]], predicted_variance, clipped=False
+            )
+            if isinstance(variance, float):
+                pred_prev_sample.add_(variance_noise, alpha=math.sqrt(max(variance, 1e-20)))
             else:
+                std = variance**0.5 if variance is not None else torch.exp(0.5 * log_variance)
                 pred_prev_sample.addcmul_(std, variance_noise)
 
         if not return_dict:
             return (pred_prev_sample, pred_original_sample)
         return GaussianDDPMSchedulerOutput(prev_sample=pred_prev_sample, pred_original_sample=pred_original_sample)
 
-    def _reverse_std(self, t: int, row: tuple[float, ...], predicted_variance: torch.Tensor | None):
-        """sigma_t of p_theta(x_{t-1} | x_t) for a sampling step t > 0 (a float, or a tensor for learned variances)."""
+    def _reverse_variance(
+        self,
+        column: Callable[[str], float | torch.Tensor],
+        predicted_variance: torch.Tensor | None,
+        *,
+        clipped: bool,
+    ) -> tuple[float | torch.Tensor | None, float | torch.Tensor | None]:
+        """
+        sigma_t^2 of p_theta(x_{t-1} | x_t) by `variance_type`, docs/maths.md [VAR], as `(variance, log_variance)`:
+        each is given where the table or the network has it directly, else `None` (learned: no log variance;
+        learned_range: no variance). `column(name)` reads a column of the table (a float of one step, or per-sample
+        columns); `clipped` takes beta_tilde's log at the decoder step from the next step (the likelihood's
+        convention) instead of the clamped log(1e-20) of sampling.
+        """
         vt = self.variance_type
+        log_posterior_variance = "posterior_log_variance_clipped" if clipped else "posterior_log_variance"
         if vt in ("fixed_small", "fixed_small_log"):
-            return math.sqrt(max(row[_COL["posterior_variance"]], 1e-20))
+            return column("posterior_variance"), column(log_posterior_variance)
         if vt in ("fixed_large", "fixed_large_log"):
-            return math.sqrt(row[_COL["beta"]])
+            return column("beta"), column("log_beta")
         if vt == "learned":
-            return predicted_variance**0.5
-        # learned_range, ND (15): log sigma^2 = frac log beta_t + (1 - frac) log beta_tilde_t; unclipped, since a
-        # chain ending at t > 0 (trailing spacing) samples its last step from a posterior of variance 0
+            return predicted_variance, None
+        # learned_range, ND (15): log sigma^2 = frac log beta_t + (1 - frac) log beta_tilde_t
         frac = (predicted_variance + 1) / 2
-        log_variance = frac * row[_COL["log_beta"]] + (1 - frac) * row[_COL["posterior_log_variance"]]
-        return torch.exp(0.5 * log_variance)
+        return None, frac * column("log_beta") + (1 - frac) * column(log_posterior_variance)
 
     # ------------------------------------------------------------------------------------------------ ELBO terms
     def q_posterior_mean_variance(
@@ -529,19 +574,14 @@ class GaussianDDPMScheduler(SchedulerMixin, ConfigMixin):
         between these two, so its ends reproduce the fixed variances.
         """
         model_output, predicted_variance = self._split_model_output(model_output, sample)
+        timesteps = torch.as_tensor(timesteps, device=sample.device).reshape(-1)
         c = lambda name: self._column(name, timesteps, sample)  # noqa: E731
-        x0 = self._pred_original_sample(model_output, sample, c("sqrt_alpha_prod"), c("sqrt_one_minus_alpha_prod"))
+        x0 = self._predict_original_sample(model_output, timesteps, sample)
         mean = c("pred_original_sample_coeff") * x0 + c("current_sample_coeff") * sample
-        vt = self.variance_type
-        if vt in ("fixed_small", "fixed_small_log"):
-            log_variance = c("posterior_log_variance_clipped").expand_as(sample)
-        elif vt in ("fixed_large", "fixed_large_log"):
-            log_variance = c("log_beta").expand_as(sample)
-        elif vt == "learned":
-            log_variance = torch.log(predicted_variance)
-        else:
-            frac = (predicted_variance + 1) / 2
-            log_variance = frac * c("log_beta") + (1 - frac) * c("posterior_log_variance_clipped")
+        variance, log_variance = self._reverse_variance(c, predicted_variance, clipped=True)
+        if log_variance is None:
+            log_variance = torch.log(variance)
+        log_variance = log_variance.expand_as(sample)
         # eps implied by x0_hat, for losses and diagnostics: x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps
         pred_epsilon = (sample - c("sqrt_alpha_prod") * x0) / c("sqrt_one_minus_alpha_prod")
         return ReverseDistribution(
