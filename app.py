@@ -39,10 +39,12 @@ from PIL import Image
 
 from ddpm_plugin import app as support
 from ddpm_plugin.app import access, fairness, jobs, limits, uploads
+from ddpm_plugin.resolve import load_pipeline
 
 logger = logging.getLogger("ddpm_app")
 
 SETTINGS = limits.AppSettings.from_env()  # the operator's limits; `build_demo` sets them
+POLICY = access.visitor_policy(SETTINGS)  # what a visitor may load, from SETTINGS
 CACHE = access.PipelineLRU(SETTINGS.cache_size)  # model key -> loaded pipeline, shared read-only by all runs
 JOBS = jobs.JobRegistry()  # session -> running jobs, for Stop, time limits and clients that left
 MODEL_ENV = "DDPM_APP_MODEL"
@@ -179,21 +181,21 @@ def _start_job(request: gr.Request | None):
 
 # ---------------------------------------------------------------------------------------------------- models
 def load_model(model: str):
-    """The cached pipeline of a visitor's model string (`access.resolve_visitor_model`), loaded on first use."""
-    source = access.resolve_visitor_model(model, SETTINGS.model_dirs, support.BUNDLED_MODELS)
+    """
+    The cached pipeline of a visitor's model string, loaded on first use through the library's resolver under
+    `POLICY` (`access.resolve_visitor_model`: anything it refuses gets one message that reveals nothing).
+    """
+    resolved = access.resolve_visitor_model(model, POLICY)
 
     def load():
-        folder = source.location
-        if source.kind == "hub":
-            folder = str(access.fetch_hub_pipeline(source.location, max_bytes=int(SETTINGS.max_model_mb * 1e6)))
         try:
-            pipe = support.load_pipeline(folder)
-        except ValueError as err:  # named as the visitor named it, not by its place on the server
-            raise ValueError(str(err).replace(folder, model.strip())) from None
+            pipe = load_pipeline(resolved, POLICY)
+        except OSError as err:  # a damaged file: named by the model the visitor chose (user_errors scrubs the path)
+            raise ValueError(f"The model {resolved.display_name!r} could not be loaded: {err}") from None
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    return CACHE.get(source.key, load)
+    return CACHE.get(str(resolved.path) if resolved.kind == "folder" else resolved.display_name, load)
 
 
 def image_pixels(pipe) -> int:
@@ -520,8 +522,8 @@ def _digit_picker(prefix: str, default: int = 0):
 
 def configure(settings: limits.AppSettings) -> None:
     """Makes `settings` the app's limits (a smaller cache drops its least recently used pipelines at the next load)."""
-    global SETTINGS
-    SETTINGS = settings
+    global SETTINGS, POLICY
+    SETTINGS, POLICY = settings, access.visitor_policy(settings)
     CACHE.max_size = settings.cache_size
 
 

@@ -20,6 +20,7 @@ Prints markdown tables.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import socket
 import statistics
@@ -81,12 +82,12 @@ def random_pipeline(kind: str, folder: str) -> str:
 
 def default_models(folder: str) -> list[tuple[str, str]]:
     """(label, model id) of the bundled models, or of random stand-ins where a bundled one does not load."""
-    from ddpm_plugin import app as app_helpers
+    from ddpm_plugin.resolve import load_pipeline
 
     models = []
     for kind in ("pixel", "latent"):
         try:
-            app_helpers.load_pipeline(f"bundled:{kind}")
+            load_pipeline(f"bundled:{kind}")
             models.append((f"bundled {kind}", f"bundled:{kind}"))
         except ValueError as err:
             print(f"(bundled:{kind} does not load: {str(err)[:100]}...; using a random {kind} pipeline)")
@@ -135,6 +136,9 @@ def main() -> None:
 
     folder = tempfile.mkdtemp(prefix="bench_previews_")
     models = [(m, m) for m in args.model] if args.model else default_models(folder)
+    # the random stand-ins and the folders given are models the app may load
+    local = tuple(os.path.abspath(m) for _, m in models if os.path.isdir(m))
+    app.configure(dataclasses.replace(app.SETTINGS, model_dirs=(*app.SETTINGS.model_dirs, folder, *local)))
     print(
         f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
         f"{args.steps} steps, batch {args.batch_size}, {args.repeats} repeats (median), DDPM ancestral\n"
@@ -142,7 +146,7 @@ def main() -> None:
 
     rows = []
     for label, model in models:
-        pipe = app.CACHE.get(model)
+        pipe = app.load_model(model)
 
         def run_pipeline(preview_every: int, pipe=pipe) -> None:
             generator = torch.Generator().manual_seed(0)
@@ -197,7 +201,7 @@ def main() -> None:
     if not args.no_server:
         from gradio_client import Client
 
-        demo = app.build_demo()
+        demo = app.build_demo(settings=app.SETTINGS)
         port = free_port()
         app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
         try:

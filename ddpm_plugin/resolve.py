@@ -6,9 +6,11 @@ them may be loaded.
   `"pixel"` are accepted as the same models. A bundled name wins over a folder of the same name in the working
   directory: write `./latent` for the folder.
 - A local folder: any existing directory (a pipeline folder written by `save_pretrained`, a `save_for_hub` folder, or,
-  for `--init_from`, a model folder with `config.json`).
-- A Hub id `owner/name`: downloaded with `huggingface_hub.snapshot_download`, restricted to the files a pipeline needs
-  (`ModelPolicy.hub_allow_patterns`); with `HF_HUB_OFFLINE=1` only the local Hub cache is read.
+  for `--init_from`, a model folder with `config.json`). Under a policy with `allowed_dirs`, only folders whose real
+  path lies inside one of them, named by their path or relative to an allowed directory; nothing outside is looked at.
+- A Hub id `owner/name`: downloaded with `HfApi.snapshot_download`, restricted to the files a pipeline needs
+  (`ModelPolicy.hub_allow_patterns`); under a size cap, at the revision whose file sizes were checked; with
+  `HF_HUB_OFFLINE=1` only the local Hub cache is read.
 
 `ModelPolicy` is the one place that decides what may be loaded: `CLI_POLICY` (the command-line tools) allows all
 three; the app narrows it. `resolve_model` decides (no network), `model_folder` makes the model a local folder (the
@@ -68,7 +70,12 @@ class ModelPolicy:
         max_hub_bytes (`int`, *optional*): refuse a Hub repository whose allowed files add up to more bytes than this
             (checked from the Hub's file list before downloading and from the cached files when offline).
         pipeline_classes (`tuple[str, ...]`, *optional*): the pipeline classes `load_pipeline` accepts (the
-            `_class_name` of `model_index.json`); `None` accepts any.
+            `_class_name` of `model_index.json`); `None` accepts any. When set, a Hub repository without
+            `model_index.json` is refused before downloading.
+        bundled_aliases (`bool`): `"latent"` / `"pixel"` name the bundled models too; `False`: only `"bundled:..."`
+            does (where a folder inside `allowed_dirs` may be called `pixel`).
+        expand_user (`bool`): a leading `~` in a folder name is a home directory; `False`: it is an ordinary character
+            (a policy for visitors never looks into home directories).
     """
 
     allow_bundled: bool = True
@@ -77,6 +84,8 @@ class ModelPolicy:
     hub_allow_patterns: tuple[str, ...] = ("*.json", "*.safetensors", "README.md")
     max_hub_bytes: int | None = None
     pipeline_classes: tuple[str, ...] | None = None
+    bundled_aliases: bool = True
+    expand_user: bool = True
 
     def allowed(self) -> str:
         """What this policy allows, in words (for error messages)."""
@@ -129,7 +138,9 @@ def bundled_names() -> list[str]:
 def resolve_model(name: str, policy: ModelPolicy = CLI_POLICY) -> ResolvedModel:
     """
     Decides what `name` refers to (no download): a bundled model, an existing local folder or a Hub id, and whether
-    `policy` allows it.
+    `policy` allows it. Under `policy.allowed_dirs`, a relative name is looked up in each allowed directory, then in
+    the working directory, and a folder counts only when its real path (symbolic links followed) lies inside an
+    allowed directory; nothing outside them is looked at, so the answer does not tell what exists there.
 
     Raises:
         `ModelNotAllowedError`: `name` is a bundled model, folder or Hub id that `policy` does not allow.
@@ -137,77 +148,106 @@ def resolve_model(name: str, policy: ModelPolicy = CLI_POLICY) -> ResolvedModel:
     """
     from . import pretrained
 
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(name, str) or not name.strip() or "\x00" in name:
         raise ValueError(f"no model given (model={name!r}); give {policy.allowed()}.")
     name = name.strip()
     kind = name.removeprefix(BUNDLED_PREFIX)
-    if kind in pretrained.DEFAULT_PIPELINES:
+    if kind in pretrained.DEFAULT_PIPELINES and (name != kind or policy.bundled_aliases):
         if not policy.allow_bundled:
             raise ModelNotAllowedError(f"the bundled model {name!r} is not allowed here; give {policy.allowed()}.")
         folder = Path(pretrained.PRETRAINED_DIR) / pretrained.DEFAULT_PIPELINES[kind][0]
         return ResolvedModel("bundled", BUNDLED_PREFIX + kind, path=folder)
     if name.startswith(BUNDLED_PREFIX):
         raise ValueError(f"{name!r} is not a bundled model; the bundled models are {bundled_names()}.")
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ValueError(f"{name!r} is a file, not a model folder; give {policy.allowed()}.")
-        if not _folder_allowed(path, policy):
-            raise ModelNotAllowedError(f"the folder {name!r} is not allowed here; give {policy.allowed()}.")
-        return ResolvedModel("folder", name, path=path)
+    refused = False
+    for candidate in _folder_candidates(name, policy):
+        real = candidate.resolve()
+        if not _folder_allowed(real, policy):
+            refused = True
+            continue
+        if real.exists():
+            if not real.is_dir():
+                raise ValueError(f"{name!r} is a file, not a model folder; give {policy.allowed()}.")
+            return ResolvedModel("folder", name, path=candidate if policy.allowed_dirs is None else real)
     looks_like_path = name.startswith(("/", ".", "~")) or "\\" in name
     if not looks_like_path and _HUB_ID.match(name):
         if not policy.allow_hub:
             raise ModelNotAllowedError(f"the Hub id {name!r} is not allowed here; give {policy.allowed()}.")
         return ResolvedModel("hub", name, repo_id=name)
+    if refused and looks_like_path:
+        raise ModelNotAllowedError(f"the folder {name!r} is not allowed here; give {policy.allowed()}.")
     raise ValueError(
         f"model {name!r} is neither a bundled model, an existing folder nor a Hub id 'owner/name'; "
         f"give {policy.allowed()}."
     )
 
 
-def _folder_allowed(path: Path, policy: ModelPolicy) -> bool:
+def _folder_candidates(name: str, policy: ModelPolicy) -> list[Path]:
+    path = Path(name).expanduser() if policy.expand_user else Path(name)
+    if path.is_absolute() or policy.allowed_dirs is None:
+        return [path]
+    return [Path(d).expanduser() / path for d in policy.allowed_dirs] + [path]
+
+
+def _folder_allowed(real: Path, policy: ModelPolicy) -> bool:
     if policy.allowed_dirs is None:
         return True
-    real = path.resolve()
     return any(real.is_relative_to(Path(d).expanduser().resolve()) for d in policy.allowed_dirs)
 
 
-def model_folder(model: ResolvedModel, policy: ModelPolicy = CLI_POLICY) -> Path:
+def model_folder(
+    model: ResolvedModel, policy: ModelPolicy = CLI_POLICY, *, api=None, cache_dir: str | os.PathLike | None = None
+) -> Path:
     """
-    The local folder of a resolved model: the bundled or given folder, or the Hub snapshot (downloaded with
-    `snapshot_download(allow_patterns=policy.hub_allow_patterns)`, or read from the local Hub cache when
-    `HF_HUB_OFFLINE` is set).
+    The local folder of a resolved model: the bundled or given folder, or the Hub snapshot of the files matching
+    `policy.hub_allow_patterns`. Under `policy.max_hub_bytes` (or `policy.pipeline_classes`), the Hub's file list is
+    checked first (`HfApi.model_info(files_metadata=True)`, `HfApi.get_paths_info` for sizes it leaves out) and the
+    snapshot is downloaded at the revision that was checked. With `HF_HUB_OFFLINE` set, only the local Hub cache is
+    read (and its files are held to the cap).
+
+    Args:
+        api (`huggingface_hub.HfApi`, *optional*): the client to ask (a default one when not given).
+        cache_dir (path, *optional*): the Hub cache (huggingface_hub's default when not given).
 
     Raises:
-        `ValueError`: the Hub id cannot be fetched (offline and not cached, unknown id, no network), naming it.
-        `ModelNotAllowedError`: the repository is larger than `policy.max_hub_bytes`.
+        `ValueError`: the Hub id cannot be fetched (offline and not cached, unknown id, no network, not a pipeline),
+            naming it.
+        `ModelNotAllowedError`: the repository's allowed files add up to more than `policy.max_hub_bytes`.
     """
     if model.kind != "hub":
         return Path(model.path)
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
 
-    offline = _hub_offline()
-    if policy.max_hub_bytes is not None and not offline:
-        _check_size(model.repo_id, _hub_size(model.repo_id, policy), policy)
-    try:
-        folder = Path(
-            snapshot_download(model.repo_id, allow_patterns=list(policy.hub_allow_patterns), local_files_only=offline)
-        )
-    except Exception as error:  # noqa: BLE001 - huggingface_hub raises many kinds; name the id and the cause
-        if offline:
+    patterns = list(policy.hub_allow_patterns)
+    if _hub_offline():
+        try:
+            folder = Path(
+                snapshot_download(model.repo_id, allow_patterns=patterns, local_files_only=True, cache_dir=cache_dir)
+            )
+        except Exception:  # noqa: BLE001 - not in the cache, whichever way huggingface_hub says it
             raise ValueError(
                 f"cannot load the Hub id {model.repo_id!r}: the Hub is offline here (HF_HUB_OFFLINE) and the model is "
                 "not in the local Hub cache. Give a local folder or a bundled model, or download it first."
             ) from None
+        if policy.max_hub_bytes is not None:
+            files = [
+                p for p in folder.rglob("*") if p.is_file() and _matches(p.relative_to(folder).as_posix(), policy)
+            ]
+            _check_size(model.repo_id, sum(p.stat().st_size for p in files), policy)
+        return folder
+    api = api or HfApi()
+    revision = None
+    if policy.max_hub_bytes is not None or policy.pipeline_classes is not None:
+        revision = _checked_revision(model.repo_id, policy, api)
+    try:
+        return Path(
+            api.snapshot_download(model.repo_id, revision=revision, allow_patterns=patterns, cache_dir=cache_dir)
+        )
+    except Exception as error:  # noqa: BLE001 - huggingface_hub raises many kinds; name the id and the cause
         raise ValueError(
             f"cannot download the Hub id {model.repo_id!r} ({type(error).__name__}: {error}); check the id and the "
             "network, or give a local folder."
         ) from None
-    if policy.max_hub_bytes is not None and offline:
-        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and _matches(p, folder, policy))
-        _check_size(model.repo_id, size, policy)
-    return folder
 
 
 def _hub_offline() -> bool:
@@ -218,25 +258,35 @@ def _hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or flag in ("1", "ON", "YES", "TRUE")
 
 
-def _matches(path: Path, folder: Path, policy: ModelPolicy) -> bool:
-    name = path.relative_to(folder).as_posix()
-    return any(fnmatch.fnmatch(name, pattern) for pattern in policy.hub_allow_patterns)
+def _matches(filename: str, policy: ModelPolicy) -> bool:
+    return any(fnmatch.fnmatch(filename, pattern) for pattern in policy.hub_allow_patterns)
 
 
-def _hub_size(repo_id: str, policy: ModelPolicy) -> int:
-    from huggingface_hub import HfApi
-
+def _checked_revision(repo_id: str, policy: ModelPolicy, api) -> str | None:
+    """The commit of `repo_id` whose allowed files are a pipeline (when `policy.pipeline_classes` asks for one) and fit
+    `policy.max_hub_bytes`, from the Hub's file list; nothing is downloaded."""
     try:
-        info = HfApi().model_info(repo_id, files_metadata=True)
+        info = api.model_info(repo_id, files_metadata=True)
     except Exception as error:  # noqa: BLE001
         raise ValueError(
-            f"cannot read the file list of the Hub id {repo_id!r} ({type(error).__name__}: {error})."
+            f"cannot read the file list of the Hub id {repo_id!r} ({type(error).__name__}: {error}); check the id "
+            "(owner/name)."
         ) from None
-    return sum(
-        s.size or 0
-        for s in info.siblings or []
-        if any(fnmatch.fnmatch(s.rfilename, pattern) for pattern in policy.hub_allow_patterns)
-    )
+    sizes = {s.rfilename: s.size for s in info.siblings or () if _matches(s.rfilename, policy)}
+    if policy.pipeline_classes is not None and "model_index.json" not in sizes:
+        raise ValueError(f"the Hub id {repo_id!r} is not a pipeline: it has no model_index.json.")
+    if policy.max_hub_bytes is not None:
+        unknown = [name for name, size in sizes.items() if size is None]
+        if unknown:
+            sizes.update(
+                {p.path: getattr(p, "size", None) for p in api.get_paths_info(repo_id, unknown, revision=info.sha)}
+            )
+        if any(size is None for size in sizes.values()):
+            raise ModelNotAllowedError(
+                f"cannot tell the size of the files of the Hub id {repo_id!r}; it is not loaded."
+            )
+        _check_size(repo_id, sum(sizes.values()), policy)
+    return info.sha
 
 
 def _check_size(repo_id: str, size: int, policy: ModelPolicy) -> None:
@@ -248,15 +298,19 @@ def _check_size(repo_id: str, size: int, policy: ModelPolicy) -> None:
 
 
 def load_pipeline(
-    name: str,
+    name: str | ResolvedModel,
     policy: ModelPolicy = CLI_POLICY,
     torch_dtype=None,
     device: str | None = None,
+    *,
+    api=None,
+    cache_dir: str | os.PathLike | None = None,
 ):
     """
-    The pipeline `name` refers to (`resolve_model`, `model_folder`), loaded with the installed classes, safetensors
-    only, after checking its files (`ddpm_plugin.pretrained.check_pipeline_folder`); a bundled model through
-    `load_default_pipeline` (offline, checksums).
+    The pipeline `name` refers to (`resolve_model`, or already resolved under `policy`; `model_folder` with `api` and
+    `cache_dir`), loaded with the installed classes, safetensors only, after checking its files
+    (`ddpm_plugin.pretrained.check_pipeline_folder`); a bundled model through `load_default_pipeline` (offline,
+    checksums).
 
     Raises:
         `ValueError` / `ModelNotAllowedError`: as `resolve_model` and `model_folder`; also when the folder holds no
@@ -267,10 +321,10 @@ def load_pipeline(
 
     from .pretrained import load_default_pipeline, load_pipeline_folder
 
-    model = resolve_model(name, policy)
+    model = name if isinstance(name, ResolvedModel) else resolve_model(name, policy)
     if model.kind == "bundled":
         return load_default_pipeline(model.bundled_kind, torch_dtype=torch_dtype, device=device)
-    folder = model_folder(model, policy)
+    folder = model_folder(model, policy, api=api, cache_dir=cache_dir)
     index = folder / "model_index.json"
     if not index.is_file():
         raise ValueError(

@@ -231,12 +231,11 @@ def test_forward_process_gets_through_while_two_runs_stream(server, models):
 def test_one_client_cannot_fill_the_queue_and_stop_gets_through(server, models):
     hog = new_client(server)
     jobs = [hog.submit(**sample_args(models["slow"], steps=1000, batch_size=1, preview_every=50)) for _ in range(35)]
-    refused = 0
-    for job in jobs[1:]:
-        try:
-            job.result(timeout=60)
-        except Exception as err:
-            refused += "Queue is full" in str(err)
+    deadline = time.monotonic() + 60  # the submits race: whichever joins first runs, the other 34 are turned away
+    while sum(job.done() for job in jobs) < 34 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    running = [job for job in jobs if not job.done()]
+    refused = sum("Queue is full" in str(job.exception()) for job in jobs if job.done())
     other = new_client(server)
     try:
         assert other.predict(api_name="/stop") == "Nothing is running."
@@ -244,10 +243,10 @@ def test_one_client_cannot_fill_the_queue_and_stop_gets_through(server, models):
             model=models["pixel"], digit_index=1, upload=None, timestep=5, seed=0, api_name="/forward_process"
         )
         assert "t = 5" in info
-        assert refused == 34  # one run per visitor session; the rest was turned away at the door
+        assert refused == 34 and len(running) == 1  # one run per visitor session; the rest was turned away
     finally:
         hog.predict(api_name="/stop")
-        jobs[0].result(timeout=60)
+    assert "Stopped at step" in running[0].result(timeout=60)[5]
 
 
 def test_two_clients_share_the_server_fairly(server, models):
@@ -431,18 +430,21 @@ def test_mode_conversion():
 
 # ---------------------------------------------------------------------------------------------------- helpers
 def test_resolve_visitor_model(models):
-    from ddpm_plugin.app.access import ModelNotAvailable, resolve_visitor_model
+    from ddpm_plugin.app.access import ModelNotAvailable, resolve_visitor_model, visitor_policy
+    from ddpm_plugin.app.limits import AppSettings
 
-    dirs = (models["allowed"],)
-    assert resolve_visitor_model("bundled:pixel", dirs, {"bundled:pixel"}).kind == "bundled"
-    source = resolve_visitor_model("pixel", dirs)
-    assert source.kind == "folder" and source.location == os.path.realpath(models["pixel"])
-    assert resolve_visitor_model("owner/name", dirs).kind == "hub"
-    for name in ("", "~", "/etc", "link_out", "../outside/pixel", models["outside"], "a/b/c", "owner/..", None):
+    policy = visitor_policy(AppSettings(model_dirs=(models["allowed"],)))
+    assert resolve_visitor_model("bundled:pixel", policy).kind == "bundled"
+    model = resolve_visitor_model("pixel", policy)  # the allowed folder's `pixel`, not the bundled model
+    assert model.kind == "folder" and model.path == Path(os.path.realpath(models["pixel"]))
+    assert resolve_visitor_model(models["pixel"], policy).path == model.path
+    assert resolve_visitor_model("owner/name", policy).kind == "hub"
+    names = ("", "~", "~root", "/etc", "/etc/shadow", "link_out", "../outside/pixel", models["outside"], "a/b/c", None)
+    for name in (*names, "pixel\x00"):
         with pytest.raises(ModelNotAvailable):
-            resolve_visitor_model(name, dirs)
+            resolve_visitor_model(name, policy)
     with pytest.raises(ModelNotAvailable):
-        resolve_visitor_model("pixel", ())  # no folders allowed by default
+        resolve_visitor_model("pixel", visitor_policy(AppSettings()))  # no folders allowed by default
 
 
 def test_scrub_paths():
@@ -478,54 +480,87 @@ def autospec_api():
     return create_autospec(HfApi, instance=True)
 
 
-def test_hub_download_takes_pipeline_files_only_under_the_cap(tmp_path):
-    from ddpm_plugin.app.access import HUB_PIPELINE_FILES, fetch_hub_pipeline
+def app_hub_policy(max_model_mb: float):
+    """The policy the app loads visitors' models under (`access.visitor_policy`), with a Hub cap of `max_model_mb`."""
+    from ddpm_plugin.app.access import visitor_policy
+    from ddpm_plugin.app.limits import AppSettings
 
+    return visitor_policy(AppSettings(max_model_mb=max_model_mb))
+
+
+@pytest.fixture
+def online(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
+def hub_folder(repo_id: str, policy, api, cache_dir) -> Path:
+    """What the app does with a visitor's Hub id, up to the local folder it loads (`ddpm_plugin.resolve`)."""
+    from ddpm_plugin.app.access import resolve_visitor_model
+    from ddpm_plugin.resolve import model_folder
+
+    return model_folder(resolve_visitor_model(repo_id, policy), policy, api=api, cache_dir=cache_dir)
+
+
+def test_hub_download_takes_pipeline_files_only_under_the_cap(tmp_path, online):
+    from ddpm_plugin.resolve import ModelNotAllowedError
+
+    policy = app_hub_policy(max_model_mb=50)
+    assert policy.hub_allow_patterns == ("*.json", "*.safetensors", "README.md")
     api = autospec_api()
     api.model_info.return_value = model_info(REPO_FILES)
     api.snapshot_download.return_value = str(tmp_path / "snap")
-    folder = fetch_hub_pipeline("owner/name", max_bytes=50_000_000, api=api, cache_dir=str(tmp_path), offline=False)
-    assert folder == tmp_path / "snap"
+    assert hub_folder("owner/name", policy, api, tmp_path) == tmp_path / "snap"
     api.model_info.assert_called_once_with("owner/name", files_metadata=True)
+    # at the revision whose sizes were checked; configs, safetensors and the card only (no .bin, code or archives)
     api.snapshot_download.assert_called_once_with(
-        "owner/name", revision="1" * 40, allow_patterns=list(HUB_PIPELINE_FILES), cache_dir=str(tmp_path)
+        "owner/name", revision="1" * 40, allow_patterns=list(policy.hub_allow_patterns), cache_dir=tmp_path
     )
     # 40 MB of safetensors + configs + card: over a 40 MB cap, nothing is downloaded
     api = autospec_api()
     api.model_info.return_value = model_info(REPO_FILES)
-    with pytest.raises(ValueError, match=r"'owner/name' has 40.0 MB of pipeline files; this app loads at most 40 MB"):
-        fetch_hub_pipeline("owner/name", max_bytes=40_000_000, api=api, cache_dir=str(tmp_path), offline=False)
+    with pytest.raises(ModelNotAllowedError, match=r"'owner/name' holds 40.0 MB of model files; at most 40.0 MB"):
+        hub_folder("owner/name", app_hub_policy(max_model_mb=40), api, tmp_path)
+    api.snapshot_download.assert_not_called()
+    # a repository that is not a diffusers pipeline is not downloaded either
+    api = autospec_api()
+    api.model_info.return_value = model_info({"config.json": 10, "model.safetensors": 10})
+    with pytest.raises(ValueError, match="'owner/name' is not a pipeline: it has no model_index.json"):
+        hub_folder("owner/name", policy, api, tmp_path)
     api.snapshot_download.assert_not_called()
 
 
-def test_hub_sizes_missing_from_model_info_are_asked_for(tmp_path):
+def test_hub_sizes_missing_from_model_info_are_asked_for(tmp_path, online):
     from huggingface_hub.hf_api import RepoFile
-
-    from ddpm_plugin.app.access import fetch_hub_pipeline
 
     api = autospec_api()
     api.model_info.return_value = model_info({**REPO_FILES, "unet/diffusion_pytorch_model.safetensors": None})
     api.get_paths_info.return_value = [
         RepoFile(path="unet/diffusion_pytorch_model.safetensors", size=90_000_000, oid="x")
     ]
-    with pytest.raises(ValueError, match="90.0 MB of pipeline files"):
-        fetch_hub_pipeline("owner/name", max_bytes=50_000_000, api=api, cache_dir=str(tmp_path), offline=False)
+    with pytest.raises(ValueError, match="90.0 MB of model files"):
+        hub_folder("owner/name", app_hub_policy(max_model_mb=50), api, tmp_path)
     api.get_paths_info.assert_called_once_with(
         "owner/name", ["unet/diffusion_pytorch_model.safetensors"], revision="1" * 40
     )
     api.snapshot_download.assert_not_called()
 
 
-def test_hub_cache_is_used_without_asking_the_hub(tmp_path):
-    from ddpm_plugin.app.access import fetch_hub_pipeline
+def test_offline_hub_reads_the_cache_without_asking_the_hub(tmp_path, monkeypatch):
+    from ddpm_plugin.resolve import ModelNotAllowedError
 
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     snapshot = build_hub_cache(tmp_path, "owner/cached", {"model_index.json": b"{}", "unet/config.json": b"{}"})
+    (snapshot / "pipeline.py").write_bytes(b"x" * 10_000)  # not a pipeline file: not counted against the cap
     api = autospec_api()
-    assert fetch_hub_pipeline("owner/cached", max_bytes=1, api=api, cache_dir=str(tmp_path)) == snapshot
-    api.model_info.assert_not_called() and api.snapshot_download.assert_not_called()
-    with pytest.raises(ValueError, match="'owner/missing': the Hugging Face Hub is offline"):
-        fetch_hub_pipeline("owner/missing", max_bytes=1, api=api, cache_dir=str(tmp_path), offline=True)
-    api.model_info.assert_not_called()
+    assert hub_folder("owner/cached", app_hub_policy(max_model_mb=0.001), api, tmp_path) == snapshot
+    with pytest.raises(ModelNotAllowedError, match="'owner/cached' holds 0.0 MB of model files; at most 0.0 MB"):
+        hub_folder("owner/cached", app_hub_policy(max_model_mb=1e-6), api, tmp_path)
+    with pytest.raises(ValueError, match="'owner/missing': the Hub is offline here"):
+        hub_folder("owner/missing", app_hub_policy(max_model_mb=1), api, tmp_path)
+    assert api.mock_calls == []
 
 
 def test_pipeline_lru():

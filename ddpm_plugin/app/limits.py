@@ -14,7 +14,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["AppSettings", "add_arguments", "check_compute", "settings_from_args"]
+__all__ = ["MAX_BATCH_SIZE", "MAX_STEPS", "AppSettings", "add_arguments", "check_compute", "settings_from_args"]
+
+# the app's sliders: images per run and sampling steps (the compute budget below bounds their product)
+MAX_BATCH_SIZE = 16
+MAX_STEPS = 1000
 
 
 def _setting(default, flag: str, env: str, help: str, **kwargs):

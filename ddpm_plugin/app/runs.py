@@ -1,12 +1,32 @@
 # Copyright 2026 The ddpm_plugin authors. Apache-2.0.
-"""Per-run pipeline copies that let several visitors sample at once, and stopping a run between steps."""
+"""One sampling run's pipeline: a copy of the cached pipeline with the visitor's sampler, so that several visitors
+sample with one loaded model at once."""
 
 from __future__ import annotations
 
 import copy
-import threading
 
-__all__ = ["RunRegistry", "make_run_pipeline", "stop_callback"]
+__all__ = ["SAMPLERS", "make_run_pipeline", "make_scheduler"]
+
+# sampler name -> diffusers scheduler class name (None: the pipeline's own DDPM scheduler class)
+SAMPLERS = {"DDPM ancestral": None, "DDIM": "DDIMScheduler", "DPM-Solver": "DPMSolverMultistepScheduler"}
+
+
+def make_scheduler(pipe, sampler: str):
+    """A new scheduler of the chosen sampler, built with `from_config` from the pipeline's scheduler config."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler={sampler!r} is not available; choose one of {list(SAMPLERS)}.")
+    variance_type = pipe.scheduler.config.get("variance_type")
+    if SAMPLERS[sampler] is not None and variance_type in ("learned", "learned_range"):
+        raise ValueError(
+            f"The sampler {sampler!r} cannot use this model's learned variances (variance_type={variance_type!r}); "
+            "choose 'DDPM ancestral'."
+        )
+    if SAMPLERS[sampler] is None:
+        return type(pipe.scheduler).from_config(pipe.scheduler.config)
+    import diffusers
+
+    return getattr(diffusers, SAMPLERS[sampler]).from_config(pipe.scheduler.config)
 
 
 def make_run_pipeline(pipe, scheduler):
@@ -14,42 +34,4 @@ def make_run_pipeline(pipe, scheduler):
     run = copy.copy(pipe)
     run.scheduler = scheduler  # DiffusionPipeline.__setattr__ re-registers the config of the copy only
     run._interrupt = False
-    run._stop_requested = False
     return run
-
-
-def stop_callback(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
-    """`callback_on_step_end` that turns a Stop request (`RunRegistry.stop`) into an interrupt at the next step, also
-    when it came before the pipeline's loop started (the loop clears `_interrupt` when it starts)."""
-    if getattr(pipe, "_stop_requested", False):
-        pipe._interrupt = True
-    return callback_kwargs
-
-
-class RunRegistry:
-    """The pipelines running for each browser session (or API client), so that a Stop request reaches them."""
-
-    def __init__(self):
-        self._runs: dict[str, set] = {}
-        self._lock = threading.Lock()
-
-    def add(self, session: str, run) -> None:
-        with self._lock:
-            self._runs.setdefault(session, set()).add(run)
-
-    def remove(self, session: str, run) -> None:
-        with self._lock:
-            runs = self._runs.get(session)
-            if runs is not None:
-                runs.discard(run)
-                if not runs:
-                    del self._runs[session]
-
-    def stop(self, session: str) -> int:
-        """Asks every run of `session` to stop at its next step; returns how many were running."""
-        with self._lock:
-            runs = list(self._runs.get(session, ()))
-        for run in runs:
-            run._stop_requested = True
-            run._interrupt = True
-        return len(runs)
