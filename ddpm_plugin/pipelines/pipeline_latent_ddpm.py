@@ -140,7 +140,9 @@ class LatentDDPMPipeline(DDPMBasePipeline):
         if output_type == "latent":
             return samples
         present = [s for s in samples if s is not None]
-        decoded = iter(self.decode_latents(torch.cat(present)).split([s.shape[0] for s in present]))
+        decoded = self.decode_latents(torch.cat(present))
+        decoded = decoded.to(torch.promote_types(decoded.dtype, torch.float32))  # float32 images from a bf16 VAE
+        decoded = iter(decoded.split([s.shape[0] for s in present]))
         return tuple(
             None if s is None else self._samples_to_images(next(decoded), output_type, self.numpy_to_pil)
             for s in samples

@@ -59,4 +59,8 @@ def make_sampler(name: str, ddpm_scheduler: Any, unet_config: Any | None = None)
             f"{unet_config.out_channels}, twice in_channels), which only the 'ddpm' sampler uses."
         )
     scheduler_class, overrides = entry
-    return scheduler_class.from_config(ddpm_scheduler.config, **overrides)
+    # diffusers' `_use_default_values` (the keys a scheduler built in code left at their defaults) would make
+    # `from_config` take the new class's defaults for those keys (e.g. `timestep_spacing`) but not for a scheduler
+    # loaded from a file, where every key is explicit: dropped, so the sampler is the same either way
+    config = {k: v for k, v in ddpm_scheduler.config.items() if k != "_use_default_values"}
+    return scheduler_class.from_config(config, **overrides)
