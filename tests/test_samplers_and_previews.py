@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
-from test_pipelines import CallCounter, gen, latent_pipe, pixel_pipe, quiet, tiny_unet  # noqa: F401 (fixtures)
+from test_pipelines import CallCounter, T, gen, quiet, tiny_unet, tiny_vae
 
 from ddpm_plugin import GaussianDDPMScheduler, LatentDDPMPipeline, PixelDDPMPipeline, load_default_pipeline
 from ddpm_plugin.pipelines.latent_preview import fit_latent_to_image_map
@@ -13,6 +13,16 @@ from ddpm_plugin.pipelines.samplers import SAMPLERS, make_sampler
 from ddpm_plugin.sample import SCHEDULERS
 
 STOCHASTIC = ("dpm-sde", "euler-a")
+
+
+@pytest.fixture
+def pixel_pipe() -> PixelDDPMPipeline:
+    return quiet(PixelDDPMPipeline(tiny_unet(), GaussianDDPMScheduler(num_train_timesteps=T), 10))
+
+
+@pytest.fixture
+def latent_pipe() -> LatentDDPMPipeline:
+    return quiet(LatentDDPMPipeline(tiny_vae(), tiny_unet(2), GaussianDDPMScheduler(num_train_timesteps=T), 6))
 
 
 def test_the_cli_sampler_list_is_the_pipelines_list():
@@ -124,7 +134,7 @@ def test_unread_previews_cost_no_vae_call(latent_pipe, preview):
     for it in items[:-1]:
         assert it.approx_pred_original_sample is not None and it.approx_sample is not None
     assert decoder.calls == 1  # approximate previews never call the VAE
-    items[0].pred_original_sample
+    assert items[0].pred_original_sample.shape == (1, 16, 16, 1) or preview == "latent"
     assert decoder.calls == (2 if preview == "full" else 1)
 
 
