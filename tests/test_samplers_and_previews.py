@@ -129,7 +129,11 @@ def test_unread_previews_cost_no_vae_call(latent_pipe, preview):
     decoder = CallCounter(latent_pipe.vae.decoder)
     latent_pipe.latent_to_image_map()  # fitted once (cached per VAE), before counting
     decoder.calls = 0
-    items = list(latent_pipe.iter_previews(generator=gen(0), num_inference_steps=6, preview_every=1, preview=preview))
+    items = list(
+        latent_pipe.iter_previews(
+            generator=gen(0), num_inference_steps=6, preview_every=1, output_type="np", preview=preview
+        )
+    )
     assert len(items) == 6 and decoder.calls == 1  # the output only
     for it in items[:-1]:
         assert it.approx_pred_original_sample is not None and it.approx_sample is not None
