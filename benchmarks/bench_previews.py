@@ -3,8 +3,10 @@
 
 Side by side in one process, after a warm-up, alternating the variants within each repeat and reporting medians:
 
-1. pipeline level: `pipe.iter_previews(preview_every=1)` (x_t and x0_hat as images after every step; the latent
-   pipeline decodes both with the VAE) against `preview_every=0` (only the final images);
+1. pipeline level: `pipe.iter_previews(preview_every=1)` (x_t and x0_hat as images after every step) against
+   `preview_every=0` (only the final images); for a latent pipeline, whose preview images are made when read, with
+   the previews unread, with the cheap approximate x0_hat read (`preview="approx"`, a linear map fitted on the VAE),
+   with the VAE-decoded x0_hat read, and with both VAE-decoded x_t and x0_hat read (what every preview cost before);
 2. app level: the Gradio app's `/sample` generator (`app.sample`, which also turns every preview into two upscaled
    uint8 grids) with previews every step against none, called directly (no server);
 3. time to the first preview: the app generator with the model not yet loaded (load + first step) and loaded, and
@@ -15,6 +17,7 @@ Models: the bundled pipelines when they load, else random pipelines of the bundl
 Prints markdown tables.
 
     python benchmarks/bench_previews.py [--model bundled:pixel --model bundled:latent] [--steps 20] [--batch-size 4]
+        [--no-app] [--no-server]
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # app.py lives at the top level
+
+
+X0_HAT = ("pred_original_sample",)  # the preview fields read in the timed runs
+BOTH = ("sample", "pred_original_sample")
 
 
 def random_pipeline(kind: str, folder: str) -> str:
@@ -128,6 +135,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-server", action="store_true", help="skip the time to first preview through HTTP")
+    parser.add_argument("--no-app", action="store_true", help="pipeline level only (no app rows, no first preview)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -148,39 +156,52 @@ def main() -> None:
     for label, model in models:
         pipe = app.load_model(model)
 
-        def run_pipeline(preview_every: int, pipe=pipe) -> None:
+        def run_pipeline(preview_every: int, preview: str = "full", read: tuple[str, ...] = (), pipe=pipe) -> None:
             generator = torch.Generator().manual_seed(0)
-            for _ in pipe.iter_previews(
+            for item in pipe.iter_previews(
                 batch_size=args.batch_size,
                 generator=generator,
                 num_inference_steps=args.steps,
                 preview_every=preview_every,
                 output_type="np",
+                preview=preview,
             ):
-                pass
+                for name in read:
+                    getattr(item, name)
 
         def run_app(preview_every: int, model=model) -> None:
             for _ in app.sample(model, "DDPM ancestral", args.steps, 0, args.batch_size, preview_every, None):
                 pass
 
-        result = side_by_side(
-            {
-                "pipeline, none": lambda: run_pipeline(0),
-                "pipeline, every step": lambda: run_pipeline(1),
-                "app, none": lambda: run_app(0),
-                "app, every step": lambda: run_app(1),
-            },
-            args.repeats,
-        )
-        for level in ("pipeline", "app"):
-            none, every = result[f"{level}, none"], result[f"{level}, every step"]
-            rows.append((label, level, none, every, (every / none - 1) * 100))
+        variants = {"pipeline, none": lambda: run_pipeline(0)}
+        if getattr(pipe, "vae", None) is not None:
+            pipe.latent_to_image_map()  # fitted once per VAE (cached), outside the timing
+            variants.update(
+                {
+                    "pipeline, every step: unread": lambda: run_pipeline(1),
+                    "pipeline, every step: approx x0_hat": lambda: run_pipeline(1, "approx", X0_HAT),
+                    "pipeline, every step: VAE x0_hat": lambda: run_pipeline(1, "full", X0_HAT),
+                    "pipeline, every step: VAE x_t and x0_hat": lambda: run_pipeline(1, "full", BOTH),
+                }
+            )
+        else:
+            variants["pipeline, every step: x_t and x0_hat"] = lambda: run_pipeline(1, "full", BOTH)
+        if not args.no_app:
+            variants.update({"app, none": lambda: run_app(0), "app, every step": lambda: run_app(1)})
+        result = side_by_side(variants, args.repeats)
+        for name, seconds in result.items():
+            level, _, what = name.partition(", ")
+            none = result[f"{level}, none"]
+            if what != "none":
+                rows.append((label, level, what, none, seconds, (seconds / none - 1) * 100))
 
-    print("| model | level | no previews (s) | previews every step (s) | overhead |")
-    print("|---|---|---|---|---|")
-    for label, level, none, every, overhead in rows:
-        print(f"| {label} | {level} | {none:.3f} | {every:.3f} | {overhead:+.1f}% |")
+    print("| model | level | previews | no previews (s) | previews (s) | overhead |")
+    print("|---|---|---|---|---|---|")
+    for label, level, what, none, every, overhead in rows:
+        print(f"| {label} | {level} | {what} | {none:.3f} | {every:.3f} | {overhead:+.1f}% |")
 
+    if args.no_app:
+        return
     # time to the first preview
     first_rows = []
     for label, model in models:

@@ -45,6 +45,7 @@ from .metrics import (
     memorisation,
     nearest_distances,
 )
+from .precision import resolve_dtype
 from .sample import SCHEDULERS, UnsupportedSamplerError, generators_for, load_pipeline, set_scheduler
 
 __all__ = [
@@ -498,6 +499,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--judge", default=None, help="folder of the digit judge (default: the shipped one)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--dtype", default="float32", help="dtype of the networks: auto, float32, bfloat16, float16")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -531,7 +533,7 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(args.model, device=device)
+    pipe = load_pipeline(args.model, torch_dtype=resolve_dtype(args.dtype, device), device=device)
     judge = load_judge(args.judge, device=device)
     progress = not args.no_progress
     if args.tradeoff:

@@ -2,7 +2,8 @@
 """Batch sampling at scale: N samples of a pipeline written to a folder, resumable and sharded across processes.
 
     python -m ddpm_plugin.sample --model latent --num-samples 10000 --out samples/ [--format png|npz]
-        [--batch-size 250] [--shard-size 1000] [--num-inference-steps 100] [--scheduler ddpm|ddim|dpm] [--seed 0]
+        [--batch-size 250] [--shard-size 1000] [--num-inference-steps 100] [--scheduler ddpm|ddim|dpm|dpm-sde|euler-a]
+        [--seed 0] [--dtype auto|float32|bfloat16|float16]
 
     accelerate launch --num_processes 4 -m ddpm_plugin.sample ...      # or: torchrun --nproc_per_node 4 -m ...
 
@@ -29,6 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .pipelines.samplers import SAMPLERS, make_sampler, unet_predicts_variance
+from .precision import DTYPE_NAMES, resolve_dtype
+
 __all__ = [
     "SCHEDULERS",
     "UnsupportedSamplerError",
@@ -41,8 +45,8 @@ __all__ = [
     "shard_ranges",
 ]
 
-SCHEDULERS = ("ddpm", "ddim", "dpm")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SCHEDULERS = tuple(SAMPLERS)
+DTYPES = DTYPE_NAMES
 RUN_CONFIG_NAME = "run_config.json"
 MARKER_DIR = ".shards"
 TMP_DIR = ".tmp"
@@ -86,33 +90,32 @@ def load_pipeline(model: str, torch_dtype: torch.dtype | None = None, device: st
     return pipe
 
 
-def set_scheduler(pipe, name: str, base=None):
+def set_scheduler(pipe, name: str | None, base=None):
     """
     Puts a fresh scheduler of kind `name` into `pipe`, built from the config of `base` (default: the pipeline's
-    current scheduler; pass the original one when swapping several times, as `from_config` drops foreign keys):
-    `"ddpm"` the class of `base` (ancestral sampling, respaced for fewer steps, ND section 4), `"ddim"` diffusers'
-    `DDIMScheduler` (eta = 0) or `"dpm"` diffusers' `DPMSolverMultistepScheduler`. Returns the new scheduler.
+    current scheduler; pass the original one when swapping several times, as `from_config` drops foreign keys): one of
+    `SCHEDULERS` (see `ddpm_plugin.pipelines.samplers.SAMPLERS`): `"ddpm"` the class of `base` (ancestral sampling,
+    respaced for fewer steps, ND section 4), `"ddim"` diffusers' `DDIMScheduler` (eta = 0), `"dpm"` diffusers'
+    `DPMSolverMultistepScheduler`, `"dpm-sde"` the same with `algorithm_type="sde-dpmsolver++"`, `"euler-a"`
+    `EulerAncestralDiscreteScheduler`. `None` leaves the pipeline's scheduler (so a run uses the pipeline's
+    `default_sampler`). Returns the scheduler the pipeline then has.
     """
+    if name is None:
+        return pipe.scheduler
     if name not in SCHEDULERS:
         raise ValueError(f"scheduler={name!r} is not supported; choose one of {SCHEDULERS}.")
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-
     base = pipe.scheduler if base is None else base
     if name == "ddpm":
-        scheduler_class = type(base)
-    else:
-        unet_config = pipe.unet.config
-        learned = getattr(unet_config, "learned_variance", False) or (
-            getattr(unet_config, "out_channels", None) == 2 * unet_config.in_channels
+        pipe.scheduler = type(base).from_config(base.config)
+        return pipe.scheduler
+    unet_config = pipe.unet.config
+    if unet_predicts_variance(unet_config):
+        raise UnsupportedSamplerError(
+            f"scheduler={name!r} cannot sample this model: its UNet predicts a learned variance (out_channels="
+            f"{unet_config.out_channels}, twice in_channels), which diffusers' DDIM / DPM-Solver steps do not "
+            "split off; use scheduler='ddpm'."
         )
-        if learned:
-            raise UnsupportedSamplerError(
-                f"scheduler={name!r} cannot sample this model: its UNet predicts a learned variance (out_channels="
-                f"{unet_config.out_channels}, twice in_channels), which diffusers' DDIM / DPM-Solver steps do not "
-                "split off; use scheduler='ddpm'."
-            )
-        scheduler_class = DDIMScheduler if name == "ddim" else DPMSolverMultistepScheduler
-    pipe.scheduler = scheduler_class.from_config(base.config)
+    pipe.scheduler = make_sampler(name, base)
     return pipe.scheduler
 
 
@@ -203,7 +206,8 @@ def _write_shard(pipe, out: Path, shard: int, start: int, end: int, args, progre
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run_config(args) -> dict:
+def _run_config(args, dtype: torch.dtype) -> dict:
+    """The settings of the run; `dtype` is the resolved one (`--dtype auto` may differ between machines)."""
     model = args.model if not os.path.isdir(args.model) else os.path.abspath(args.model)
     return {
         "model": model,
@@ -212,7 +216,7 @@ def _run_config(args) -> dict:
         "seed": args.seed,
         "shard_size": args.shard_size,
         "format": args.format,
-        "dtype": args.dtype,
+        "dtype": str(dtype).removeprefix("torch."),
         "num_samples": args.num_samples,
     }
 
@@ -246,7 +250,8 @@ def sample_to_folder(args: argparse.Namespace) -> dict:
     # when asked for the CPU
     state = PartialState(cpu=args.cpu or not _accelerator_available())
     out = Path(args.out)
-    config = _run_config(args)
+    dtype = resolve_dtype(args.dtype, state.device)
+    config = _run_config(args, dtype)
     resumed = _check_resume(out, config)
     if state.is_main_process:
         (out / MARKER_DIR).mkdir(parents=True, exist_ok=True)
@@ -258,7 +263,7 @@ def sample_to_folder(args: argparse.Namespace) -> dict:
     todo = [k for k in mine if not _shard_done(out, k, *shards[k])]
     written = 0
     if todo:
-        torch_dtype = None if args.dtype == "float32" else DTYPES[args.dtype]  # float32: as saved, no cast
+        torch_dtype = None if dtype == torch.float32 else dtype  # float32: as saved, no cast
         pipe = load_pipeline(args.model, torch_dtype=torch_dtype, device=state.device)
         set_scheduler(pipe, args.scheduler)
         total = sum(shards[k][1] - shards[k][0] for k in todo)
@@ -301,9 +306,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=100, help="images per pipeline call")
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard (the unit of resuming)")
     parser.add_argument("--num-inference-steps", type=int, default=None, help="default: the pipeline's default")
-    parser.add_argument("--scheduler", choices=SCHEDULERS, default="ddpm")
+    parser.add_argument(
+        "--scheduler", choices=SCHEDULERS, default=None, help="default: the pipeline's default_sampler"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", *DTYPES),
+        default="auto",
+        help="dtype of the networks; auto: bfloat16 where the device computes it natively, else float32 "
+        "(DDPM_DTYPE=float32|bfloat16 pins auto)",
+    )
     parser.add_argument("--cpu", action="store_true", help="sample on the CPU even where a GPU is available")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     args = parser.parse_args(argv)

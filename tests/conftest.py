@@ -20,6 +20,8 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach the Hub
+# `--dtype auto` (ddpm_plugin.precision) would pick bf16 on some CPUs only: the tests pin float32 unless they say otherwise
+os.environ.setdefault("DDPM_DTYPE", "float32")
 
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 

@@ -247,7 +247,7 @@ def test_preview_x0_is_scheduler_output_without_extra_unet_calls(pixel_pipe):
     assert (items[0].pred_original_sample - items[1].pred_original_sample).abs().max() > 0  # previews change
 
 
-def test_latent_previews_decode_once_per_preview(latent_pipe):
+def test_latent_previews_decode_only_the_fields_read(latent_pipe):
     recorded = []
     step = latent_pipe.scheduler.step
 
@@ -261,13 +261,16 @@ def test_latent_previews_decode_once_per_preview(latent_pipe):
     items = list(latent_pipe.iter_previews(generator=gen(0), num_inference_steps=7, preview_every=3, output_type="pt"))
     assert [it.step for it in items] == [3, 6, 7]
     assert unet_calls.calls == 7
-    assert decoder_calls.calls == 3  # one batched decode of (z_t, z0_hat) per preview; the last x0_hat is z_0
+    assert decoder_calls.calls == 1  # the output only: nothing read yet
     for it in items:
         z_t, z0 = recorded[it.step - 1]
         with torch.no_grad():
             expected = (latent_pipe.vae.decode(z0 / 0.8).sample / 2 + 0.5).clamp(0, 1)
         torch.testing.assert_close(it.pred_original_sample, expected, rtol=0, atol=1e-5)
+        assert it.pred_original_sample is it.pred_original_sample  # decoded once, then kept
         assert it.sample.shape == (1, 1, 16, 16)
+    # the output, the test's own 3 decodes, z_t and z0_hat of the two non-final previews (the last x0_hat is z_0)
+    assert decoder_calls.calls == 1 + 3 + 2 * 2
     decoder_calls.calls = 0
     latent_pipe(generator=gen(0), num_inference_steps=7)
     assert decoder_calls.calls == 1  # __call__ decodes z_0 only

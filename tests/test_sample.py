@@ -165,9 +165,21 @@ def test_bad_arguments(model_dir, tmp_path):
         main(["--model", str(tmp_path / "nowhere"), "--num-samples", "2", "--out", str(tmp_path / "z")])
 
 
-def test_ddim_and_dpm_samplers_write_different_images(single_run, model_dir, tmp_path):
+def test_dtype_auto_follows_the_precision_helper(single_run, model_dir, tmp_path, monkeypatch):
+    assert json.loads((single_run[0] / "run_config.json").read_text())["dtype"] == "float32"  # pinned by conftest
+    monkeypatch.setenv("DDPM_DTYPE", "bfloat16")
+    out = tmp_path / "bf16"
+    main(_args(model_dir, out))
+    assert json.loads((out / "run_config.json").read_text())["dtype"] == "bfloat16"  # the resolved dtype
+    images, reference = _pngs(out), _pngs(single_run[0])
+    assert sorted(images) == sorted(reference) and images != reference  # bf16 UNet: close, not bit-identical
+    with pytest.raises(ValueError, match=r"dtype: 'bfloat16' before, 'float32' now"):
+        main(_args(model_dir, out, "--dtype", "float32"))
+
+
+def test_other_samplers_write_different_images(single_run, model_dir, tmp_path):
     ddpm = _pngs(single_run[0])
-    for name in ("ddim", "dpm"):
+    for name in ("ddim", "dpm", "dpm-sde", "euler-a"):
         out = tmp_path / name
         main(_args(model_dir, out, "--scheduler", name, "--num-inference-steps", "4"))
         images = _pngs(out)

@@ -28,8 +28,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from safetensors import safe_open
 
 from .preview import DDPMPreview
+from .samplers import check_sampler_name, make_sampler
 
 __all__ = ["DDPMBasePipeline"]
+
+PREVIEW_KINDS = ("full", "approx", "latent")
 
 SAFETENSORS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
@@ -38,8 +41,19 @@ class DDPMBasePipeline(DiffusionPipeline):
     """
     Base class of the DDPM pipelines: the shared denoising loop, step previews, safetensors-only loading.
 
-    Subclasses provide `__init__` (registering `unet`, `scheduler`, ... and `default_num_inference_steps`),
-    `_latent_shape(batch_size)`, `_output_types` and `_postprocess(*samples, output_type=...)`.
+    Subclasses provide `__init__` (registering `unet`, `scheduler`, ..., `default_num_inference_steps` and
+    `default_sampler`, then calling `_remember_scheduler_component`), `_latent_shape(batch_size)`, `_output_types`,
+    `_postprocess(*samples, output_type=...)` and, where previews can be cheaper than the output,
+    `_approx_images(samples, output_type)`.
+
+    Samplers: the scheduler component (`pipe.scheduler`, a DDPM scheduler) is what the model was trained with; a run
+    samples with `sampler=` (one of `samplers.SAMPLERS`) if given, else with `pipe.scheduler` itself if the caller put
+    another scheduler object there, else with `pipe.config.default_sampler` built from the component's config
+    (`"ddpm"`: the component itself).
+
+    Precision: the UNet (and VAE) may be in bf16 or fp16 (`from_pretrained(..., torch_dtype=...)`, `pipe.to(dtype)`);
+    the latents, the noise and the scheduler's arithmetic stay in float32 (the UNet's input is cast to its dtype and
+    its output back), so the same seed starts from the same x_T in every dtype and the schedule's precision is kept.
     """
 
     _callback_tensor_inputs = ["latents"]
@@ -82,6 +96,43 @@ class DDPMBasePipeline(DiffusionPipeline):
             ) from error
 
     # ------------------------------------------------------------------------------------------------ helpers
+    def _remember_scheduler_component(self) -> None:
+        """Records the registered scheduler object, so that a run can tell whether the caller swapped it."""
+        self._scheduler_component = self.scheduler
+
+    def _sampling_scheduler(self, sampler: str | None):
+        """The scheduler of one run (see the class docstring): a fresh object unless it is the component itself."""
+        component = getattr(self, "_scheduler_component", self.scheduler)
+        if sampler is None:
+            if self.scheduler is not component:
+                return self.scheduler  # the caller's choice (`pipe.scheduler = DDIMScheduler.from_config(...)`)
+            sampler = self.config.get("default_sampler", "ddpm")
+        return make_sampler(sampler, component if sampler == "ddpm" else self.scheduler, self.unet.config)
+
+    @staticmethod
+    def _check_default_sampler(default_sampler: str) -> None:
+        check_sampler_name(default_sampler, "default_sampler")
+
+    def _approx_images(self, samples: torch.Tensor, output_type: str) -> Any:
+        """Cheap preview images of `samples` (default: the output images themselves)."""
+        (images,) = self._postprocess(samples, output_type=output_type)
+        return images
+
+    def _preview_renderers(self, preview: str, output_type: str) -> tuple[Callable, Callable]:
+        """(render, render_approx) of `DDPMPreview` for a run's `preview` kind and `output_type`."""
+        image_type = "pt" if output_type == "latent" else output_type
+
+        def full(samples: torch.Tensor) -> Any:
+            with torch.no_grad():
+                return self._postprocess(samples, output_type=image_type)[0]
+
+        def approx(samples: torch.Tensor) -> Any:
+            with torch.no_grad():
+                return self._approx_images(samples, image_type)
+
+        render = {"full": full, "approx": approx, "latent": lambda samples: samples}[preview]
+        return render, approx
+
     @staticmethod
     def _check_default_num_inference_steps(default_num_inference_steps: int) -> None:
         if (
@@ -120,7 +171,9 @@ class DDPMBasePipeline(DiffusionPipeline):
             return images
         return numpy_to_pil(images)
 
-    def _prepare_extra_step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict:
+    def _prepare_extra_step_kwargs(
+        self, generator: torch.Generator | list[torch.Generator] | None, scheduler: Any = None
+    ) -> dict:
         """
         `generator` goes to `scheduler.step` only if its signature takes one (DDPM, DDIM and DPM-Solver do).
 
@@ -131,12 +184,13 @@ class DDPMBasePipeline(DiffusionPipeline):
         the bundled pixel model (clip_sample=True), DDIM 250 steps, 48 samples: 44% judged confidently with the
         default, 85% with `True`.
         """
-        parameters = inspect.signature(self.scheduler.step).parameters
+        scheduler = self.scheduler if scheduler is None else scheduler
+        parameters = inspect.signature(scheduler.step).parameters
         takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
         kwargs = {}
         if "generator" in parameters or takes_kwargs:
             kwargs["generator"] = generator
-        config = self.scheduler.config
+        config = scheduler.config
         if "use_clipped_model_output" in parameters and (
             config.get("clip_sample", False) or config.get("thresholding", False)
         ):
@@ -144,7 +198,7 @@ class DDPMBasePipeline(DiffusionPipeline):
         return kwargs
 
     def _pred_original_sample_from_model_output(
-        self, model_output: torch.Tensor, timestep: torch.Tensor | int, sample: torch.Tensor
+        self, model_output: torch.Tensor, timestep: torch.Tensor | int, sample: torch.Tensor, scheduler: Any = None
     ) -> torch.Tensor | None:
         """
         x0_hat for a scheduler whose `step()` output has no `pred_original_sample` (e.g. DPM-Solver), from the model
@@ -158,7 +212,8 @@ class DDPMBasePipeline(DiffusionPipeline):
         it reads the other scheduler's own (float32) `alphas_cumprod` rather than a float64 table, and because this
         file, copied into Hub repositories, may import only its sibling modules.
         """
-        alphas_cumprod = getattr(self.scheduler, "alphas_cumprod", None)
+        scheduler = self.scheduler if scheduler is None else scheduler
+        alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
         t = float(timestep)
         if alphas_cumprod is None or not t.is_integer() or not 0 <= t < len(alphas_cumprod):
             return None
@@ -167,7 +222,7 @@ class DDPMBasePipeline(DiffusionPipeline):
             model_output = model_output[:, :channels]
         alpha_prod_t = torch.as_tensor(alphas_cumprod[int(t)], dtype=torch.float64).item()
         sqrt_alpha_prod, sqrt_one_minus_alpha_prod = alpha_prod_t**0.5, (1 - alpha_prod_t) ** 0.5
-        prediction_type = getattr(self.scheduler.config, "prediction_type", "epsilon")
+        prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
         if prediction_type == "epsilon":
             return (sample - sqrt_one_minus_alpha_prod * model_output) / sqrt_alpha_prod
         if prediction_type == "sample":
@@ -184,6 +239,7 @@ class DDPMBasePipeline(DiffusionPipeline):
         preview_every: int,
         output_type: str,
         callback_on_step_end_tensor_inputs: list[str],
+        preview: str = "full",
     ) -> int:
         """Validates the arguments of a run; returns the number of inference steps to use."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -197,6 +253,8 @@ class DDPMBasePipeline(DiffusionPipeline):
             raise ValueError(f"preview_every must be a non-negative integer (0: no previews), got {preview_every!r}.")
         if output_type not in self._output_types:
             raise ValueError(f"output_type={output_type!r} is not supported; choose one of {self._output_types}.")
+        if preview not in PREVIEW_KINDS:
+            raise ValueError(f"preview={preview!r} is not supported; choose one of {PREVIEW_KINDS}.")
         bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if bad:
             raise ValueError(
@@ -227,6 +285,8 @@ class DDPMBasePipeline(DiffusionPipeline):
         output_type: str = "pil",
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        sampler: str | None = None,
+        preview: str | None = None,
     ) -> Iterator[DDPMPreview]:
         """
         The sampling loop (Ho et al. Algorithm 2 with any diffusers scheduler), yielding a `DDPMPreview` after every
@@ -239,24 +299,36 @@ class DDPMBasePipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         if callback_on_step_end_tensor_inputs is None:
             callback_on_step_end_tensor_inputs = ["latents"]
+        if preview is None:
+            preview = "latent" if output_type == "latent" else "full"
         num_inference_steps = self._check_inputs(
-            batch_size, generator, num_inference_steps, preview_every, output_type, callback_on_step_end_tensor_inputs
+            batch_size,
+            generator,
+            num_inference_steps,
+            preview_every,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+            preview,
         )
+        if sampler is not None:
+            check_sampler_name(sampler)
+        scheduler = self._sampling_scheduler(sampler)
+        render, render_approx = self._preview_renderers(preview, output_type)
         self._interrupt = False
         device = self._execution_device
+        # the latents, the noise and the scheduler's arithmetic in float32 (or the UNet's dtype if wider)
+        sample_dtype = torch.promote_types(self.unet.dtype, torch.float32)
 
         # 1. x_T ~ N(0, I) (Ho (1)), drawn on the generator's device (CPU generators give the same images on any
         #    device); one generator per sample gives per-sample reproducibility
-        latents = randn_tensor(
-            self._latent_shape(batch_size), generator=generator, device=device, dtype=self.unet.dtype
-        )
-        latents = latents * self.scheduler.init_noise_sigma
+        latents = randn_tensor(self._latent_shape(batch_size), generator=generator, device=device, dtype=sample_dtype)
+        latents = latents * scheduler.init_noise_sigma
 
         # 2. the chain of timesteps
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = scheduler.timesteps
         num_steps = self._num_timesteps = len(timesteps)
-        extra_step_kwargs = self._prepare_extra_step_kwargs(generator)
+        extra_step_kwargs = self._prepare_extra_step_kwargs(generator, scheduler)
 
         # 3. denoise: x_t -> x_{t-1}, with x0_hat of Ho (15) from the same step; the timesteps as Python ints, read
         #    once (int(t) on a CUDA tensor in the loop would wait for the GPU every step)
@@ -266,12 +338,14 @@ class DDPMBasePipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     break
-                model_input = self.scheduler.scale_model_input(latents, t)
-                model_output = self.unet(model_input, t).sample
-                output = self.scheduler.step(model_output, t, latents, **extra_step_kwargs)
+                model_input = scheduler.scale_model_input(latents, t).to(self.unet.dtype)
+                model_output = self.unet(model_input, t).sample.to(sample_dtype)
+                output = scheduler.step(model_output, t, latents, **extra_step_kwargs)
                 pred_original_sample = getattr(output, "pred_original_sample", None)
                 if pred_original_sample is None:
-                    pred_original_sample = self._pred_original_sample_from_model_output(model_output, t, latents)
+                    pred_original_sample = self._pred_original_sample_from_model_output(
+                        model_output, t, latents, scheduler
+                    )
                 latents = output.prev_sample
                 step, last_timestep = i + 1, timestep_values[i]
 
@@ -285,35 +359,37 @@ class DDPMBasePipeline(DiffusionPipeline):
                 if step == num_steps or self.interrupt:
                     break
                 if preview_every and step % preview_every == 0:
-                    sample_images, x0_images = self._postprocess(
-                        latents, pred_original_sample, output_type=output_type
-                    )
                     yield DDPMPreview(
                         step=step,
                         num_steps=num_steps,
                         timestep=last_timestep,
-                        sample=sample_images,
-                        pred_original_sample=x0_images,
+                        raw_sample=latents,
+                        raw_pred_original_sample=pred_original_sample,
+                        render=render,
+                        render_approx=render_approx,
                     )
 
         # 4. the output (also of an interrupted run: its current sample, as in diffusers' pipelines)
         (images,) = self._postprocess(latents, output_type=output_type)
-        x0_images = None
-        if preview_every and pred_original_sample is not None:
-            if pred_original_sample is latents or torch.equal(pred_original_sample, latents):
-                x0_images = images  # the last DDPM / DDIM step returns x0_hat itself
-            else:
-                (x0_images,) = self._postprocess(pred_original_sample, output_type=output_type)
         self.maybe_free_model_hooks()
-        yield DDPMPreview(
+        final = DDPMPreview(
             step=step,
             num_steps=num_steps,
             timestep=last_timestep,
             sample=images,
-            pred_original_sample=x0_images,
             final=True,
             images=images,
+            raw_sample=latents,
+            raw_pred_original_sample=pred_original_sample if preview_every else None,
+            render=render,
+            render_approx=render_approx,
         )
+        same = pred_original_sample is latents or (
+            pred_original_sample is not None and torch.equal(pred_original_sample, latents)
+        )
+        if preview_every and same and preview == "full" and output_type != "latent":
+            final.pred_original_sample = images  # the last DDPM / DDIM step returns x0_hat itself
+        yield final
 
     def _run_to_end(self, **kwargs) -> Any:
         """Runs `_denoise` without previews; returns the output images."""

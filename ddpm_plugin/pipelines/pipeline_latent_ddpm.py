@@ -4,9 +4,9 @@
 z_T ~ N(0, I) of the UNet's shape, DDPM reverse process down to z_0 (Ho et al. Algorithm 2), then
 `x = vae.decode(z_0 / s).sample` with s = `vae.config.scaling_factor` (latent-diffusion's `scale_by_std`).
 
-Previews decode both the current z_t and the predicted z0_hat with the VAE (one batched decoder call per preview
-step, none on other steps), so every preview is an image of the output size; `output_type="latent"` skips decoding
-and shows the latents themselves.
+Previews decode the current z_t and the predicted z0_hat with the VAE only when their images are read; a cheap
+approximate preview (`preview="approx"`, `DDPMPreview.approx_pred_original_sample`) maps the latents to pixels with a
+small linear map fitted on the VAE (`latent_to_image_map`), and `output_type="latent"` shows the latents themselves.
 
 This file imports nothing outside the standard library, torch and diffusers (plus its sibling modules, imported
 relatively and directly): `save_for_hub` copies it into a Hub repository, where `ddpm_plugin` is not installed.
@@ -25,8 +25,10 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import replace_example_docstring
 
+from .latent_preview import LatentToImageMap, latent_to_image_map_for
 from .pipeline_ddpm_base import DDPMBasePipeline
 from .preview import DDPMPreview
+from .samplers import SAMPLERS  # noqa: F401 (a direct import, so that save_for_hub and diffusers copy it)
 
 __all__ = ["LatentDDPMPipeline"]
 
@@ -74,6 +76,10 @@ class LatentDDPMPipeline(DDPMBasePipeline):
         scheduler ([`SchedulerMixin`]): a `GaussianDDPMScheduler` or any diffusers scheduler.
         default_num_inference_steps (`int`, defaults to 1000): the number of steps when a call passes none; saved in
             `model_index.json`. Capped at `scheduler.config.num_train_timesteps` at call time.
+        default_sampler (`str`, defaults to `"ddpm"`): the sampler of a call that passes no `sampler` and has not
+            had `pipe.scheduler` swapped, one of `samplers.SAMPLERS` (`"ddpm"`: the scheduler component itself,
+            respaced for fewer steps; the others are built from its config for each run); saved in
+            `model_index.json`.
     """
 
     model_cpu_offload_seq = "unet->vae"
@@ -85,9 +91,11 @@ class LatentDDPMPipeline(DDPMBasePipeline):
         unet: ModelMixin,
         scheduler: SchedulerMixin,
         default_num_inference_steps: int = 1000,
+        default_sampler: str = "ddpm",
     ):
         super().__init__()
         self._check_default_num_inference_steps(default_num_inference_steps)
+        self._check_default_sampler(default_sampler)
         latent_channels = getattr(vae.config, "latent_channels", None)
         if latent_channels is not None and unet.config.in_channels != latent_channels:
             raise ValueError(
@@ -95,7 +103,10 @@ class LatentDDPMPipeline(DDPMBasePipeline):
                 f"{latent_channels}: the UNet denoises the VAE's latents."
             )
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
-        self.register_to_config(default_num_inference_steps=default_num_inference_steps)
+        self.register_to_config(
+            default_num_inference_steps=default_num_inference_steps, default_sampler=default_sampler
+        )
+        self._remember_scheduler_component()
 
     def _latent_shape(self, batch_size: int) -> tuple[int, int, int, int]:
         height, width = self._sample_size()
@@ -109,12 +120,29 @@ class LatentDDPMPipeline(DDPMBasePipeline):
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
         return self.vae.decode(latents).sample
 
+    def latent_to_image_map(self) -> LatentToImageMap:
+        """
+        The cheap approximate decoder of the previews: a linear map from latents to pixels fitted by least squares on
+        `(z, decode_latents(z))` for fixed-seed z ~ N(0, I) (see `latent_preview`), fitted on first use (a few dozen
+        VAE decodes) and cached per VAE object, so copies of the pipeline share it.
+        """
+        channels = self.unet.config.in_channels
+        height, width = self._sample_size()
+        with torch.no_grad():
+            return latent_to_image_map_for(self.vae, self.decode_latents, (channels, height, width))
+
+    def _approx_images(self, samples: torch.Tensor, output_type: str) -> Any:
+        """Latents -> cheap images of `output_type` through `latent_to_image_map` (no VAE call)."""
+        return self._samples_to_images(self.latent_to_image_map()(samples), output_type, self.numpy_to_pil)
+
     def _postprocess(self, *samples: torch.Tensor | None, output_type: str) -> tuple[Any, ...]:
         """Latents -> images of `output_type`, decoding all given latents in one VAE call (`None` stays `None`)."""
         if output_type == "latent":
             return samples
         present = [s for s in samples if s is not None]
-        decoded = iter(self.decode_latents(torch.cat(present)).split([s.shape[0] for s in present]))
+        decoded = self.decode_latents(torch.cat(present))
+        decoded = decoded.to(torch.promote_types(decoded.dtype, torch.float32))  # float32 images from a bf16 VAE
+        decoded = iter(decoded.split([s.shape[0] for s in present]))
         return tuple(
             None if s is None else self._samples_to_images(next(decoded), output_type, self.numpy_to_pil)
             for s in samples
@@ -134,6 +162,7 @@ class LatentDDPMPipeline(DDPMBasePipeline):
         | MultiPipelineCallbacks
         | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (diffusers' signature)
+        sampler: str | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Generates images.
@@ -157,6 +186,10 @@ class LatentDDPMPipeline(DDPMBasePipeline):
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): tensors passed to the
                 callback (`"latents"` is z_{t-1}).
 
+            sampler (`str`, *optional*): the sampler of this call, one of `SAMPLERS` (`"ddpm"`, `"ddim"`, `"dpm"`,
+                `"dpm-sde"`, `"euler-a"`), built from the config of the pipeline's DDPM scheduler. `None`:
+                `pipe.scheduler` if the caller swapped it, else `pipe.config.default_sampler`.
+
         Examples:
 
         Returns:
@@ -169,6 +202,7 @@ class LatentDDPMPipeline(DDPMBasePipeline):
             output_type=output_type,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            sampler=sampler,
         )
         if not return_dict:
             return (images,)
@@ -187,6 +221,8 @@ class LatentDDPMPipeline(DDPMBasePipeline):
         | MultiPipelineCallbacks
         | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (diffusers' signature)
+        sampler: str | None = None,
+        preview: str | None = None,
     ) -> Iterator[DDPMPreview]:
         r"""
         Generates images step by step, yielding a [`DDPMPreview`] every `preview_every` steps.
@@ -200,6 +236,13 @@ class LatentDDPMPipeline(DDPMBasePipeline):
         `callback_on_step_end`) to stop at the next step: a final item with the current sample still follows.
         Closing the generator stops the run without a final item.
 
+        `preview` chooses what the items' `sample` and `pred_original_sample` hold (made on first access, so an
+        unread field costs nothing): `"full"` images decoded with the VAE (default; one VAE call per
+        field read), `"approx"` cheap images from a linear map of the latents fitted on the VAE (`latent_to_image_map`;
+        about 14 dB PSNR against the VAE on the bundled model, for live previews), `"latent"` the latents undecoded
+        (the default for `output_type="latent"`). Images are of `output_type`, `"pt"` for `output_type="latent"`.
+        `approx_sample` / `approx_pred_original_sample` are always there. The final item's `images` are the output.
+
         The other arguments are those of `__call__`; the same arguments and seed give the same final images.
         """
         yield from self._denoise(
@@ -210,4 +253,6 @@ class LatentDDPMPipeline(DDPMBasePipeline):
             output_type=output_type,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            sampler=sampler,
+            preview=preview,
         )

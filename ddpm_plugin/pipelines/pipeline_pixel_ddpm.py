@@ -20,6 +20,7 @@ from diffusers.utils import replace_example_docstring
 
 from .pipeline_ddpm_base import DDPMBasePipeline
 from .preview import DDPMPreview
+from .samplers import SAMPLERS  # noqa: F401 (a direct import, so that save_for_hub and diffusers copy it)
 
 __all__ = ["PixelDDPMPipeline"]
 
@@ -62,15 +63,29 @@ class PixelDDPMPipeline(DDPMBasePipeline):
         scheduler ([`SchedulerMixin`]): a `GaussianDDPMScheduler` or any diffusers scheduler.
         default_num_inference_steps (`int`, defaults to 1000): the number of steps when a call passes none; saved in
             `model_index.json`. Capped at `scheduler.config.num_train_timesteps` at call time.
+        default_sampler (`str`, defaults to `"ddpm"`): the sampler of a call that passes no `sampler` and has not
+            had `pipe.scheduler` swapped, one of `samplers.SAMPLERS` (`"ddpm"`: the scheduler component itself,
+            respaced for fewer steps; the others are built from its config for each run); saved in
+            `model_index.json`.
     """
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet: ModelMixin, scheduler: SchedulerMixin, default_num_inference_steps: int = 1000):
+    def __init__(
+        self,
+        unet: ModelMixin,
+        scheduler: SchedulerMixin,
+        default_num_inference_steps: int = 1000,
+        default_sampler: str = "ddpm",
+    ):
         super().__init__()
         self._check_default_num_inference_steps(default_num_inference_steps)
+        self._check_default_sampler(default_sampler)
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(default_num_inference_steps=default_num_inference_steps)
+        self.register_to_config(
+            default_num_inference_steps=default_num_inference_steps, default_sampler=default_sampler
+        )
+        self._remember_scheduler_component()
 
     def _latent_shape(self, batch_size: int) -> tuple[int, int, int, int]:
         height, width = self._sample_size()
@@ -96,6 +111,7 @@ class PixelDDPMPipeline(DDPMBasePipeline):
         | MultiPipelineCallbacks
         | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (diffusers' signature)
+        sampler: str | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Generates images.
@@ -118,6 +134,10 @@ class PixelDDPMPipeline(DDPMBasePipeline):
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): tensors passed to the
                 callback (`"latents"` is x_{t-1}).
 
+            sampler (`str`, *optional*): the sampler of this call, one of `SAMPLERS` (`"ddpm"`, `"ddim"`, `"dpm"`,
+                `"dpm-sde"`, `"euler-a"`), built from the config of the pipeline's DDPM scheduler. `None`:
+                `pipe.scheduler` if the caller swapped it, else `pipe.config.default_sampler`.
+
         Examples:
 
         Returns:
@@ -130,6 +150,7 @@ class PixelDDPMPipeline(DDPMBasePipeline):
             output_type=output_type,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            sampler=sampler,
         )
         if not return_dict:
             return (images,)
@@ -148,6 +169,8 @@ class PixelDDPMPipeline(DDPMBasePipeline):
         | MultiPipelineCallbacks
         | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (diffusers' signature)
+        sampler: str | None = None,
+        preview: str | None = None,
     ) -> Iterator[DDPMPreview]:
         r"""
         Generates images step by step, yielding a [`DDPMPreview`] every `preview_every` steps.
@@ -159,6 +182,11 @@ class PixelDDPMPipeline(DDPMBasePipeline):
         `pipe._interrupt = True` (between items, or from `callback_on_step_end`) to stop at the next step: a final
         item with the current sample still follows. Closing the generator stops the run without a final item.
 
+        `preview` chooses what the items' `sample` and `pred_original_sample` hold (made on first access, so an
+        unread field costs nothing): `"full"` (default) and `"approx"` the images of `output_type`,
+        `"latent"` the raw samples x in about [-1, 1].
+        `approx_sample` / `approx_pred_original_sample` are always there. The final item's `images` are the output.
+
         The other arguments are those of `__call__`; the same arguments and seed give the same final images.
         """
         yield from self._denoise(
@@ -169,4 +197,6 @@ class PixelDDPMPipeline(DDPMBasePipeline):
             output_type=output_type,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            sampler=sampler,
+            preview=preview,
         )
