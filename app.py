@@ -38,6 +38,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from ddpm_plugin import app as support
+from ddpm_plugin import precision
 from ddpm_plugin.app import access, fairness, jobs, limits, uploads
 from ddpm_plugin.resolve import load_pipeline
 
@@ -50,7 +51,6 @@ JOBS = jobs.JobRegistry()  # session -> running jobs, for Stop, time limits and 
 MODEL_ENV = "DDPM_APP_MODEL"
 DEFAULT_MODEL = "bundled:latent"
 PREVIEW_SIZE = 256  # previews and grids are upscaled (nearest neighbour) to about this many pixels
-PREVIEW_BUDGET = 0.05  # a latent model decodes x0_hat previews in about this fraction of the sampling time
 MAX_SEED = 2**32 - 1
 MAX_LIKELIHOOD_DIGITS = 16
 HEAVY = {"concurrency_id": "model"}  # sampling, likelihood, latent view: `SETTINGS.concurrency` at once
@@ -180,22 +180,27 @@ def _start_job(request: gr.Request | None):
 
 
 # ---------------------------------------------------------------------------------------------------- models
-def load_model(model: str):
+def load_model(model: str, float32: bool = False):
     """
     The cached pipeline of a visitor's model string, loaded on first use through the library's resolver under
-    `POLICY` (`access.resolve_visitor_model`: anything it refuses gets one message that reveals nothing).
+    `POLICY` (`access.resolve_visitor_model`: anything it refuses gets one message that reveals nothing), its networks
+    in the operator's dtype (`SETTINGS.dtype`; auto: `precision.default_dtype`, bf16 where the CPU has it natively),
+    or with `float32=True` in float32 as saved (the likelihood); where the dtype is float32 both are one pipeline.
     """
     resolved = access.resolve_visitor_model(model, POLICY)
+    dtype = torch.float32 if float32 else precision.resolve_dtype(SETTINGS.dtype, "cpu")
 
     def load():
         try:
-            pipe = load_pipeline(resolved, POLICY)
+            # float32: as saved, no cast
+            pipe = load_pipeline(resolved, POLICY, torch_dtype=None if dtype == torch.float32 else dtype)
         except OSError as err:  # a damaged file: named by the model the visitor chose (user_errors scrubs the path)
             raise ValueError(f"The model {resolved.display_name!r} could not be loaded: {err}") from None
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    return CACHE.get(str(resolved.path) if resolved.kind == "folder" else resolved.display_name, load)
+    key = str(resolved.path) if resolved.kind == "folder" else resolved.display_name
+    return CACHE.get(key if dtype == torch.float32 else f"{key} ({str(dtype).removeprefix('torch.')})", load)
 
 
 def image_pixels(pipe) -> int:
@@ -219,8 +224,9 @@ def sample(
     Yields tuples (x_t grid, x0_hat grid, final grid, trajectory strip, PNG path, status HTML), one per item of the
     pipeline's `iter_previews` (`ceil(steps / preview_every)` of them, 1 with `preview_every=0`); the last one holds
     the final grid, the trajectory and the download, also after Stop. For a latent model x_t is shown as the channels
-    of z_t and x0_hat is decoded within a time budget (`PREVIEW_BUDGET`); between decodes its output is a no-change
-    update (`gr.skip()`, `{"__type__": "update"}` for API clients).
+    of z_t and x0_hat as the cheap approximate image of z0_hat (a linear map fitted on the VAE, no decoder call); the
+    VAE decodes the final images only. An x0_hat that did not change is sent as a no-change update (`gr.skip()`,
+    `{"__type__": "update"}` for API clients).
     """
     steps = check_int("steps", steps, 1, support.MAX_STEPS)
     seed = check_int("seed", seed, 0, MAX_SEED)
@@ -241,7 +247,7 @@ def sample(
 
 
 def _sample_run(run, job, sampler: str, steps: int, seed: int, batch_size: int, preview_every: int, summary: str):
-    renderer = support.PreviewRenderer(run, budget=PREVIEW_BUDGET, target_size=PREVIEW_SIZE)
+    renderer = support.PreviewRenderer(run, target_size=PREVIEW_SIZE)
     previews = run.iter_previews(
         batch_size=batch_size,
         generator=torch.Generator().manual_seed(seed),
@@ -259,8 +265,8 @@ def _sample_run(run, job, sampler: str, steps: int, seed: int, batch_size: int, 
                 elapsed = time.perf_counter() - start
                 if not item.final:
                     xt, x0 = renderer.preview(item)
-                    # an x0_hat that was not decoded again (latent model, decoder budget) is not sent again: gradio
-                    # would rewrite its file while the browser may be reading it
+                    # an x0_hat that was not made again is not sent again: gradio would rewrite its file while the
+                    # browser may be reading it
                     x0_out = gr.skip() if x0 is not None and x0 is last_x0 else x0
                     last_x0 = x0
                     text = f"Step {item.step} / {item.num_steps} · t = {item.timestep} · {elapsed:.1f} s"
@@ -297,12 +303,18 @@ def stop(request: gr.Request = None) -> str:
     return f"Stop requested ({count} run{'s' if count != 1 else ''})." if count else "Nothing is running."
 
 
-def model_info(model: str, steps: float, timestep: float, nll_steps: float):
-    """Loads the model (cached) and fits the step and timestep sliders to its T; clamps values only when above."""
+def model_info(model: str, timestep: float, nll_steps: float):
+    """
+    Loads the model (cached), selects its default sampler and step count (the pipeline's `default_sampler` and
+    `default_num_inference_steps`, within its T) and fits the step and timestep sliders to its T; clamps the other
+    values only when above.
+    """
     with user_errors("Loading the model"):
         pipe = load_model(model)
         num_train = pipe.scheduler.config.num_train_timesteps
         summary = support.model_summary(pipe)
+        max_steps = min(num_train, support.MAX_STEPS)
+        default_steps = min(int(pipe.config.get("default_num_inference_steps", None) or max_steps), max_steps)
 
     def fit(value: float, maximum: int):
         return (
@@ -313,7 +325,8 @@ def model_info(model: str, steps: float, timestep: float, nll_steps: float):
 
     return (
         f"**Model:** {html.escape(summary)}",
-        fit(steps, min(num_train, support.MAX_STEPS)),
+        gr.update(value=support.default_sampler_label(pipe)),
+        gr.update(maximum=max_steps, value=default_steps),
         fit(timestep, num_train - 1),
         fit(nll_steps, num_train),
     )
@@ -447,7 +460,7 @@ def likelihood(
     num_timesteps = check_int("timesteps", num_timesteps, 1, support.MAX_STEPS)
     seed = check_int("seed", seed, 0, MAX_SEED)
     with user_errors("The likelihood"):
-        pipe = load_model(model)
+        pipe = load_model(model, float32=True)  # bits/dim with the float32 weights, whatever the sampling dtype
         x0, caption = digits_input(pipe, list(range(first_index, first_index + count)), upload)
         chain = pipe.scheduler.config.num_train_timesteps if full_chain else num_timesteps
         limits.check_compute(image_pixels(pipe), len(x0), chain, SETTINGS.max_compute, "This likelihood")
@@ -690,9 +703,9 @@ def build_demo(default_model: str | None = None, settings: limits.AppSettings | 
                         lat_info = gr.Markdown()
 
         # ---- events
-        sliders = [model_md, steps, fwd_t, nll_steps]
+        sliders = [model_md, sampler, steps, fwd_t, nll_steps]
         for trigger in (demo.load, model.change):
-            trigger(model_info, [model, steps, fwd_t, nll_steps], sliders, api_visibility="private", **CHEAP)
+            trigger(model_info, [model, fwd_t, nll_steps], sliders, api_visibility="private", **CHEAP)
         shuffle_seed.click(random_seed, None, seed, queue=False, api_visibility="private")
         started = generate.click(
             lambda: (gr.update(interactive=False), gr.update(interactive=True), ""),

@@ -17,7 +17,12 @@ from PIL import Image
 
 gradio_client = require_or_skip(module="gradio_client", install="pip install -e '.[test]'")
 import gradio  # noqa: E402
-from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler  # noqa: E402
+from diffusers import (  # noqa: E402
+    AutoencoderKL,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+)
 from gradio_client import Client, handle_file  # noqa: E402
 
 from ddpm_plugin import (  # noqa: E402
@@ -28,6 +33,7 @@ from ddpm_plugin import (  # noqa: E402
     bits_per_dim,
 )
 from ddpm_plugin import app as support  # noqa: E402
+from ddpm_plugin.pipelines.samplers import SAMPLERS  # noqa: E402
 
 
 def tiny_unet(in_channels: int = 1) -> DDPMUNet2DModel:
@@ -112,11 +118,14 @@ def read_png(path: str) -> np.ndarray:
         return np.asarray(image).copy()
 
 
-def reference_grid(folder: str, seed: int, steps: int, batch_size: int, scheduler_class=None) -> np.ndarray:
-    """The final grid the app should show, computed with the library directly (`scheduler_class`: another sampler)."""
+def reference_grid(
+    folder: str, seed: int, steps: int, batch_size: int, scheduler_class=None, **scheduler_kwargs
+) -> np.ndarray:
+    """The final grid the app should show, computed with the library directly (`scheduler_class`: another sampler,
+    made with `scheduler_kwargs`)."""
     pipe = PixelDDPMPipeline.from_pretrained(folder)
     if scheduler_class is not None:
-        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config, **scheduler_kwargs)
     images = pipe(
         batch_size=batch_size,
         generator=torch.Generator().manual_seed(seed),
@@ -165,16 +174,16 @@ def test_sample_streams_previews_and_final_grid(client, models):
     assert read_png(strip).ndim == 2 and read_png(strip).shape[1] > read_png(strip).shape[0]  # a horizontal strip
 
 
-def test_latent_stream_shows_z_t_channels_and_budgeted_x0(client, models):
+def test_latent_stream_shows_z_t_channels_and_approximate_x0(client, models):
     job = client.submit(**sample_args(models["latent"], steps=12, batch_size=2, preview_every=1))
     final = job.result(timeout=120)
     outputs = job.outputs()
     assert len(outputs) == 12
     # x_t: the 2 latent channels of each 8x8 z_t side by side (a 16x8 mosaic per image, two images in a row)
     assert read_png(outputs[0][0]).shape[1] > read_png(outputs[0][0]).shape[0]
-    # x0_hat: decoded at the first preview, afterwards only within the decoder's time budget (else "no change")
-    assert isinstance(outputs[0][1], str)
-    assert all(isinstance(o[1], str) or o[1] == {"__type__": "update"} for o in outputs[:-1])
+    # x0_hat: the cheap approximate image at every preview (a new picture every step, no "no change" updates)
+    assert all(isinstance(o[1], str) for o in outputs[:-1])
+    assert not np.array_equal(read_png(outputs[0][1]), read_png(outputs[-2][1]))
     assert read_png(final[2]).shape == (16 * 7, 33 * 7) and "Done" in final[5]  # two 16-px images in a row, 7x
 
 
@@ -193,16 +202,24 @@ def test_same_seed_same_images_other_seed_differs(client, models):
 
 
 @pytest.mark.parametrize(
-    "sampler, scheduler_class", [("DDIM", DDIMScheduler), ("DPM-Solver", DPMSolverMultistepScheduler)]
+    "sampler, scheduler_class, scheduler_kwargs",
+    [
+        ("DDIM", DDIMScheduler, {}),
+        ("DPM-Solver++", DPMSolverMultistepScheduler, {}),
+        ("DPM-Solver++ SDE", DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
+        ("Euler ancestral", EulerAncestralDiscreteScheduler, {}),
+    ],
 )
-def test_other_samplers(client, models, sampler, scheduler_class):
+def test_other_samplers(client, models, sampler, scheduler_class, scheduler_kwargs):
     job = client.submit(**sample_args(models["pixel"], seed=5, steps=8, preview_every=2, sampler=sampler))
     final = job.result(timeout=120)
     assert len(job.outputs()) == 4 and "Done" in final[5] and sampler in final[5]
     # the sampler really ran: the grid is what diffusers' scheduler of that class makes from the same seed, and it
     # differs from the DDPM grid (a status text that merely repeats the input would pass the line above)
     shown = read_png(final[2])
-    expected = reference_grid(models["pixel"], seed=5, steps=8, batch_size=2, scheduler_class=scheduler_class)
+    expected = reference_grid(
+        models["pixel"], seed=5, steps=8, batch_size=2, scheduler_class=scheduler_class, **scheduler_kwargs
+    )
     np.testing.assert_array_equal(shown, expected)
     assert not np.array_equal(shown, reference_grid(models["pixel"], seed=5, steps=8, batch_size=2))
 
@@ -437,37 +454,127 @@ def test_make_grid_tiles_and_upscales_with_nearest_neighbour():
     np.testing.assert_array_equal(mosaic[1, 7:, :7, 0], expected[1, 2])  # channel 2: bottom left
 
 
-def test_latent_previews_keep_the_decoder_within_budget():
-    """With a decoder 5x slower than a step, previews every step decode x0_hat in at most ~10% of the time."""
+def test_latent_previews_call_the_vae_decoder_for_the_final_images_only(server, models):
+    """Previews every step show the approximate x0_hat (no decoder call); one decoder call makes the final images."""
+    app = server[0]
+    pipe = app.load_model(models["latent"])
+    expected_map = pipe.latent_to_image_map()  # fitted (with the decoder) on first use, then cached per VAE
+    calls = []
+    hook = pipe.vae.decoder.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    try:
+        outputs = list(app.sample(models["latent"], "DDPM ancestral", 9, 4, 2, 1))
+    finally:
+        hook.remove()
+    assert len(outputs) == 9 and "Done" in outputs[-1][5]
+    assert len(calls) == 1  # the output, its z0_hat and the trajectory frames, all in one call
+    assert all(isinstance(o[1], np.ndarray) for o in outputs[:-1])  # an x0_hat picture at every preview
+    # the previews' x0_hat is the fitted map's image of the run's z0_hat
+    run = support.make_run_pipeline(pipe, support.make_scheduler(pipe, "DDPM ancestral"))
+    items = list(
+        run.iter_previews(
+            batch_size=2,
+            generator=torch.Generator().manual_seed(4),
+            num_inference_steps=9,
+            preview_every=1,
+            output_type="latent",
+        )
+    )
+    approx = support.images_to_uint8((expected_map(items[0].raw_pred_original_sample) / 2 + 0.5).clamp(0, 1))
+    np.testing.assert_array_equal(outputs[0][1], support.make_grid(approx, target_size=app.PREVIEW_SIZE))
+    # the final grid is the VAE decode of the output latents
+    final = support.tensor_to_uint8(pipe.decode_latents(items[-1].images).clamp(-1, 1))
+    np.testing.assert_array_equal(outputs[-1][2], support.make_grid(final, target_size=app.PREVIEW_SIZE))
+
+
+def test_latent_trajectory_is_decoded_from_the_previews_z0_hat():
+    """The strip holds the VAE decode of the first image's z0_hat at up to 8 preview steps, then the output."""
     from types import SimpleNamespace
 
     from ddpm_plugin.pipelines import DDPMPreview
 
-    clock = SimpleNamespace(now=0.0)
-    renderer = support.PreviewRenderer(SimpleNamespace(vae=object()), budget=0.1, clock=lambda: clock.now)
-    assert renderer.output_type == "latent"
+    decoded = []
 
-    def slow_decode(latents):
-        clock.now += 0.5  # one decoder call: 0.5 s
-        return np.zeros((latents.shape[0], 28, 28, 1), np.uint8)
+    def decode_latents(latents):
+        decoded.append(latents.shape[0])
+        return latents[:, :1].repeat_interleave(4, 2).repeat_interleave(4, 3).tanh()  # 7x7 -> 28x28, [-1, 1]
 
-    renderer._decode = slow_decode
-    x0_grids = []
-    for step in range(1, 301):
-        clock.now += 0.1  # one denoising step: 0.1 s
+    fake = SimpleNamespace(vae=object(), decode_latents=decode_latents)
+    renderer = support.PreviewRenderer(fake, target_size=64)
+    first_z0 = []
+    for step in range(1, 21):
         z = torch.randn(2, 4, 7, 7)
-        xt, x0 = renderer.preview(
-            DDPMPreview(step=step, num_steps=300, timestep=300 - step, sample=z, pred_original_sample=z)
+        first_z0.append(z[:1])
+        item = DDPMPreview(
+            step=step,
+            num_steps=21,
+            timestep=21 - step,
+            raw_sample=z,
+            raw_pred_original_sample=z,
+            render=lambda x: x,
+            render_approx=lambda x: (x[:, :1].repeat_interleave(4, 2).repeat_interleave(4, 3) / 2 + 0.5).clamp(0, 1),
         )
-        assert xt.dtype == np.uint8 and x0 is not None
-        x0_grids.append(x0)
-    sampling = clock.now - renderer.decode_seconds
-    assert 2 <= renderer.decoded_previews < 10  # about every 100th step, not every step
-    assert renderer.decode_seconds <= 0.1 * sampling + 0.5  # the budget, give or take the first decode
-    assert len(renderer.frames) == renderer.decoded_previews  # the strip reuses the decoded previews
+        xt, x0 = renderer.preview(item)
+        assert xt.dtype == np.uint8 and x0.dtype == np.uint8
+    assert decoded == []  # no decoder call during the previews
+    out = torch.randn(2, 4, 7, 7)
     final = renderer.final(
-        DDPMPreview(step=300, num_steps=300, timestep=0, sample=z, pred_original_sample=z, final=True, images=z)
+        DDPMPreview(
+            step=21,
+            num_steps=21,
+            timestep=0,
+            sample=out,
+            final=True,
+            images=out,
+            raw_sample=out,
+            raw_pred_original_sample=out,
+        )
     )
-    assert final["images"].shape == final["x0"].shape
-    assert final["trajectory_steps"][0] == 1 and final["trajectory_steps"][-1] == 300
-    assert len(final["trajectory_steps"]) == min(8, renderer.decoded_previews + 1)  # decoded previews + the output
+    assert decoded == [2 + 7]  # one call: the 2 outputs (z0_hat is the output) and 7 preview frames
+    assert final["trajectory_steps"] == [1, 4, 7, 10, 12, 15, 18, 21]
+    strip_tiles = support.tensor_to_uint8(
+        decode_latents(torch.cat([first_z0[k - 1] for k in (1, 4, 7, 10, 12, 15, 18)] + [out[:1]]))
+    )
+    np.testing.assert_array_equal(final["trajectory"], support.make_grid(strip_tiles, ncols=8, target_size=96 * 8))
+
+
+def test_model_choice_selects_the_pipelines_default_sampler_and_steps(server, models):
+    app = server[0]
+    folder = os.path.join(os.path.dirname(models["pixel"]), "sde_default")
+    torch.manual_seed(0)
+    PixelDDPMPipeline(
+        unet=tiny_unet(),
+        scheduler=GaussianDDPMScheduler(num_train_timesteps=50),
+        default_num_inference_steps=12,
+        default_sampler="dpm-sde",
+    ).save_pretrained(folder)
+    info, sampler, steps, timestep, nll_steps = app.model_info(folder, 10, 10)
+    assert sampler["value"] == "DPM-Solver++ SDE" and steps["value"] == 12 and steps["maximum"] == 50
+    _, sampler, steps, *_ = app.model_info(models["pixel"], 10, 10)  # default_sampler "ddpm", 1000 steps > T = 50
+    assert sampler["value"] == "DDPM ancestral" and steps["value"] == 50
+    assert set(support.SAMPLERS.values()) == set(SAMPLERS)  # every library sampler is offered
+
+
+def test_bf16_app_samples_in_bf16_and_keeps_the_likelihood_in_float32(server, models):
+    """Under `--dtype bfloat16` sampling runs the bf16 networks; bits/dim still uses the float32 weights."""
+    import dataclasses
+
+    app = server[0]
+    previous = app.SETTINGS
+    app.configure(dataclasses.replace(previous, dtype="bfloat16"))
+    try:
+        assert app.load_model(models["latent"]).unet.dtype == torch.bfloat16
+        assert app.load_model(models["latent"]).vae.dtype == torch.bfloat16
+        outputs = list(app.sample(models["latent"], "DPM-Solver++ SDE", 4, 0, 2, 2))
+        assert "Done" in outputs[-1][5] and outputs[-1][2].dtype == np.uint8
+        _, summary, _ = app.likelihood(models["pixel"], 0, 2, None, 5, False, 0)
+    finally:
+        app.configure(previous)
+    pipe = PixelDDPMPipeline.from_pretrained(models["pixel"])
+    expected = bits_per_dim(
+        pipe.unet,
+        GaussianDDPMScheduler.from_config(pipe.scheduler.config),
+        support.to_model_input(support.digits_by_index([0, 1]), pipe),
+        generator=torch.Generator().manual_seed(0),
+        num_timesteps=5,
+    ).bpd
+    assert float(summary.split("**")[1].split(" ")[0]) == pytest.approx(float(expected.mean()), abs=6e-4)

@@ -27,13 +27,14 @@ from .render import (
     pipeline_image_shape,
     tensor_to_uint8,
 )
-from .runs import SAMPLERS, make_run_pipeline, make_scheduler
+from .runs import SAMPLERS, default_sampler_label, make_run_pipeline, make_scheduler
 
 __all__ = [
     "MAX_BATCH_SIZE",
     "MAX_STEPS",
     "SAMPLERS",
     "PreviewRenderer",
+    "default_sampler_label",
     "digits_by_index",
     "encode_decode",
     "forward_process",

@@ -52,11 +52,20 @@ class AppSettings:
     concurrency: int = _setting(2, "--concurrency", "DDPM_APP_CONCURRENCY", "model runs at once")
     # jobs waiting or running, all visitors together; a visitor session holds at most one model run
     queue_size: int = _setting(32, "--queue-size", "DDPM_APP_QUEUE_SIZE", "jobs queued or running at most")
+    # the networks' dtype for sampling and the image views (the likelihood always uses float32 weights); auto:
+    # bfloat16 where the CPU computes it natively, else float32 (`ddpm_plugin.precision`; DDPM_DTYPE pins auto)
+    dtype: str = _setting(
+        "auto", "--dtype", "DDPM_APP_DTYPE", "dtype of the networks", choices=("auto", "float32", "bfloat16")
+    )
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name != "model_dirs" and not value > 0:
+            choices = f.metadata.get("choices")
+            if choices is not None:
+                if value not in choices:
+                    raise ValueError(f"{f.metadata['flag']} must be one of {choices}, got {value!r}.")
+            elif f.name != "model_dirs" and not value > 0:
                 raise ValueError(f"{f.metadata['flag']} must be positive, got {value!r}.")
 
     @classmethod
@@ -88,7 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if f.name == "model_dirs":
             parser.add_argument(f.metadata["flag"], dest=f.name, action="append", metavar="DIR", help=help)
         else:
-            parser.add_argument(f.metadata["flag"], dest=f.name, type=type(f.default), help=help)
+            choices = f.metadata.get("choices")
+            parser.add_argument(f.metadata["flag"], dest=f.name, type=type(f.default), choices=choices, help=help)
 
 
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> AppSettings:

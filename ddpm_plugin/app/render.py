@@ -5,8 +5,6 @@ preview renderer of `iter_previews`, the pipeline's image shape and a one-line m
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -145,37 +143,24 @@ class PreviewRenderer:
     Turns the items of a pipeline's `iter_previews` into uint8 grids for the app, cheaply.
 
     Pixel pipelines run with `output_type="np"`: a preview is an array conversion and a grid. Latent pipelines run with
-    `output_type="latent"`: the current z_t is shown as its latent channels (free), and the predicted z0_hat is decoded
-    with the VAE (docs/maths.md [LAT1]) only while decoding has taken at most `budget` of the sampling time so far (the
-    first preview is always decoded), so previews every step cost little however slow the decoder is; between decodes
-    the last x0_hat stays on screen. The final item is always decoded in full.
+    `output_type="latent"`: the current z_t is shown as its latent channels, and x0_hat as the cheap approximate image
+    of z0_hat (`DDPMPreview.approx_pred_original_sample`: a linear map from latents to pixels fitted on the VAE), so a
+    preview never calls the VAE decoder. The final item is decoded with the VAE in one call: the output, its z0_hat
+    where it differs, and the first image's z0_hat at the trajectory's preview steps.
 
-    The trajectory strip reuses what the previews made: for a pixel model the first image's x_t (top row) and x0_hat
-    (bottom row) at up to `trajectory_frames` preview steps, for a latent model its decoded x0_hat previews and the
-    output.
+    The trajectory strip shows up to `trajectory_frames` preview steps: for a pixel model the first image's x_t (top
+    row) and x0_hat (bottom row), for a latent model its VAE-decoded x0_hat and the output.
     """
 
-    def __init__(
-        self,
-        pipe,
-        budget: float = 0.1,
-        target_size: int = 256,
-        trajectory_frames: int = 8,
-        clock: Callable[[], float] = time.perf_counter,
-    ):
+    def __init__(self, pipe, target_size: int = 256, trajectory_frames: int = 8):
         self.pipe = pipe
         self.latent = getattr(pipe, "vae", None) is not None
         self.output_type = "latent" if self.latent else "np"
-        self.budget = budget
         self.target_size = target_size
         self.trajectory_frames = trajectory_frames
-        self.frames: list[tuple[int, np.ndarray | None, np.ndarray]] = []  # (step, x_t, x0_hat) of the first image
-        self.decoded_previews = 0
-        self.decode_seconds = 0.0
+        # (step, x_t, x0_hat) of the first image: uint8 images (pixel model) or (None, z0_hat latents) (latent model)
+        self.frames: list[tuple[int, Any, Any]] = []
         self._x0_grid: np.ndarray | None = None
-        self._last_decode = 0.0
-        self._clock = clock
-        self._start = clock()
 
     def _grid(self, images: np.ndarray, ncols: int | None = None, target_size: int | None = None) -> np.ndarray:
         return make_grid(images, ncols=ncols, target_size=target_size or self.target_size)
@@ -184,12 +169,6 @@ class PreviewRenderer:
         with torch.no_grad():
             x = self.pipe.decode_latents(latents)  # x = D(z / s), about [-1, 1]
         return tensor_to_uint8(x)
-
-    def _may_decode(self) -> bool:
-        if self.decoded_previews == 0:
-            return True  # the first preview is worth its cost
-        sampling = self._clock() - self._start - self.decode_seconds
-        return self.decode_seconds + self._last_decode <= self.budget * sampling
 
     def preview(self, item) -> tuple[np.ndarray, np.ndarray | None]:
         """(x_t grid, x0_hat grid or None) for a non-final item."""
@@ -200,15 +179,16 @@ class PreviewRenderer:
                 self.frames.append((item.step, xt[0], x0[0]))
                 self._x0_grid = self._grid(x0)
             return self._grid(xt), self._x0_grid
-        if item.pred_original_sample is not None and self._may_decode():
-            start = self._clock()
-            x0 = self._decode(item.pred_original_sample)
-            self._x0_grid = self._grid(x0)
-            self._last_decode = self._clock() - start
-            self.decode_seconds += self._last_decode
-            self.decoded_previews += 1
-            self.frames.append((item.step, None, x0[0]))
-        return self._grid(latents_to_display(item.sample)), self._x0_grid
+        if item.raw_pred_original_sample is not None:
+            self._x0_grid = self._grid(images_to_uint8(item.approx_pred_original_sample))  # no VAE call
+            self.frames.append((item.step, None, item.raw_pred_original_sample[:1]))
+        return self._grid(latents_to_display(item.raw_sample)), self._x0_grid
+
+    def _trajectory(self, frames: list) -> list:
+        if len(frames) > self.trajectory_frames:
+            index = np.linspace(0, len(frames) - 1, self.trajectory_frames).round().astype(int)
+            frames = [frames[i] for i in sorted(set(index.tolist()))]
+        return frames
 
     def final(self, item) -> dict[str, Any]:
         """
@@ -216,20 +196,20 @@ class PreviewRenderer:
         `trajectory_label`.
         """
         if self.latent:
-            z0, n = item.pred_original_sample, item.images.shape[0]
+            # the previews' z0_hat, then the output (decoded anyway)
+            frames = self._trajectory(self.frames + [(item.step, None, None)])
+            z0, n = item.raw_pred_original_sample, item.images.shape[0]
             same = z0 is not None and torch.equal(z0, item.images)  # the last DDPM / DDIM step returns z0_hat itself
-            decoded = self._decode(item.images if z0 is None or same else torch.cat([item.images, z0]))  # one call
+            parts = [item.images] + ([] if z0 is None or same else [z0]) + [f[2] for f in frames[:-1]]
+            decoded = self._decode(torch.cat([p.to(item.images.dtype) for p in parts]))  # one decoder call
             images = decoded[:n]
-            x0 = images if same else (decoded[n:] if z0 is not None else None)
+            x0 = images if same else (decoded[n : 2 * n] if z0 is not None else None)
+            strip_images = [*decoded[len(decoded) - len(frames) + 1 :], images[0]]
+            frames = [(step, None, image) for (step, _, _), image in zip(frames, strip_images)]
         else:
             images = images_to_uint8(item.images)
             x0 = None if item.pred_original_sample is None else images_to_uint8(item.pred_original_sample)
-        frames = self.frames
-        if self.latent:  # the decoded previews, then the output (decoded anyway)
-            frames = frames + [(item.step, None, images[0])]
-        if len(frames) > self.trajectory_frames:
-            index = np.linspace(0, len(frames) - 1, self.trajectory_frames).round().astype(int)
-            frames = [frames[i] for i in sorted(set(index.tolist()))]
+            frames = self._trajectory(self.frames)
         strip, label = None, ""
         if frames and self.latent:
             strip = self._grid(np.stack([f[2] for f in frames]), ncols=len(frames), target_size=96 * len(frames))
