@@ -3,7 +3,7 @@
 metrics of `ddpm_plugin.metrics`.
 
     python -m ddpm_plugin.evaluate --model latent|pixel|<folder> --num-samples 1000 --num-inference-steps 100 \\
-        --scheduler ddpm|ddim --seed 0 [--bpd] [--bpd-timesteps K] [--bpd-num-images 500] [--out results.json]
+        [--scheduler ddpm|ddim|dpm|dpm-sde|euler-a] [--dtype auto] --seed 0 [--bpd] [--bpd-timesteps K] [--bpd-num-images 500] [--out results.json]
     python -m ddpm_plugin.evaluate --tradeoff --model latent [--num-samples 500] [--tradeoff-steps 250,100,50,20] \
         [--write-card]
 
@@ -45,7 +45,7 @@ from .metrics import (
     memorisation,
     nearest_distances,
 )
-from .precision import resolve_dtype
+from .precision import DTYPE_NAMES, resolve_dtype
 from .sample import SCHEDULERS, UnsupportedSamplerError, generators_for, load_pipeline, set_scheduler
 
 __all__ = [
@@ -68,6 +68,7 @@ TARGETS = {
     "pixel_bpd_max": 1.611,  # held-out bits/dim of the pixel model: below that of its first long-trained release
 }
 TRADEOFF_STEPS = (250, 100, 50, 20)
+TRADEOFF_SAMPLERS = ("ddpm", "ddim", "dpm", "dpm-sde", "euler-a")  # the samplers of the trade-off rows
 CARD_BEGIN = "<!-- ddpm_plugin.evaluate: begin -->"
 CARD_END = "<!-- ddpm_plugin.evaluate: end -->"
 TRADEOFF_CARD_BEGIN = "<!-- ddpm_plugin.evaluate tradeoff: begin -->"
@@ -161,10 +162,11 @@ def evaluate_pipeline(
     model_name: str = "",
     num_samples: int = 1000,
     num_inference_steps: int | None = None,
-    scheduler: str = "ddpm",
+    scheduler: str | None = None,
     seed: int = 0,
     batch_size: int = 250,
     bpd: bool = False,
+    bpd_pipe=None,
     bpd_timesteps: int | None = None,
     bpd_num_images: int | None = None,
     bpd_batch_size: int = 50,
@@ -174,13 +176,25 @@ def evaluate_pipeline(
     """
     All metrics of one pipeline setting (see the module docstring); returns the results dict written as JSON.
 
-    `scheduler` swaps the sampler (`"ddpm"` the pipeline's own, respaced when `num_inference_steps` < T; `"ddim"`;
-    `"dpm"`); the bits/dim always uses the pipeline's own DDPM scheduler (a fresh copy of it).
+    `scheduler` swaps the sampler (one of `ddpm_plugin.sample.SCHEDULERS`: `"ddpm"` the pipeline's own, respaced when
+    `num_inference_steps` < T; `"ddim"`; `"dpm"`; `"dpm-sde"`; `"euler-a"`); `None` samples with the pipeline's own
+    `default_sampler`. The bits/dim always uses the pipeline's own DDPM scheduler (a fresh copy of it) and float32
+    weights: `bpd_pipe`, the same model loaded in float32, where `pipe`'s networks are in another dtype (default:
+    `pipe` itself, which must then be float32).
     """
     if num_samples < 2:
         raise ValueError(f"num_samples must be at least 2 (a covariance needs two samples), got {num_samples}.")
+    bpd_pipe = pipe if bpd_pipe is None else bpd_pipe
+    networks = [m for m in (bpd_pipe.unet, getattr(bpd_pipe, "vae", None)) if m is not None]
+    dtypes = {getattr(m, "dtype", torch.float32) for m in networks}
+    if bpd and dtypes != {torch.float32}:
+        raise ValueError(
+            f"bits/dim needs float32 weights, but the networks are in {sorted(map(str, dtypes))}; pass bpd_pipe= "
+            "(the model loaded in float32)."
+        )
     judge = judge if judge is not None else load_judge()
     reference = reference_frechet_distance(judge)
+    sampler = scheduler or getattr(pipe, "config", {}).get("default_sampler", None) or "ddpm"
     ddpm_scheduler = pipe.scheduler
     set_scheduler(pipe, scheduler, base=ddpm_scheduler)
     try:
@@ -192,8 +206,9 @@ def evaluate_pipeline(
         "model": model_name,
         "pipeline_class": type(pipe).__name__,
         "kind": "latent" if _is_latent(pipe) else "pixel",
-        "scheduler": scheduler,
+        "scheduler": sampler,
         "num_inference_steps": steps,
+        "dtype": _dtype_name(pipe),
         "num_samples": num_samples,
         "seed": seed,
         "batch_size": batch_size,
@@ -209,10 +224,17 @@ def evaluate_pipeline(
         "bpd": None,
     }
     if bpd:
-        results["bpd"] = _heldout_bpd(pipe, ddpm_scheduler, bpd_timesteps, bpd_num_images, bpd_batch_size, seed)
+        results["bpd"] = _heldout_bpd(
+            bpd_pipe, bpd_pipe.scheduler, bpd_timesteps, bpd_num_images, bpd_batch_size, seed
+        )
     results["targets"] = check_targets(results)
     results["passed"] = all(t["passed"] for t in results["targets"].values() if t["passed"] is not None)
     return results
+
+
+def _dtype_name(pipe) -> str:
+    """The dtype of the pipeline's networks (the UNet's; the VAE is loaded in the same one), e.g. `"bfloat16"`."""
+    return str(getattr(pipe.unet, "dtype", torch.float32)).removeprefix("torch.")
 
 
 def _heldout_bpd(pipe, scheduler, num_timesteps: int | None, num_images: int | None, batch_size: int, seed: int):
@@ -323,11 +345,11 @@ def metrics_markdown(results: dict) -> str:
         f"### Evaluation: {name}, {results['scheduler'].upper()} {results['num_inference_steps']} steps",
         "",
         "| model | sampler | steps | samples | confident (p >= 0.9) | Frechet distance (reference) | held-out bits/dim "
-        "| s / image | device |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| s / image | device | dtype |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         f"| {name} | {results['scheduler'].upper()} | {results['num_inference_steps']} | {results['num_samples']} "
         f"| {results['confident_share']:.1%} | {results['frechet_distance']:.2f} ({results['frechet_reference']:.2f}) "
-        f"| {bpd_cell} | {results['seconds_per_image']:.4f} | {results['device']} |",
+        f"| {bpd_cell} | {results['seconds_per_image']:.4f} | {results['device']} | {results.get('dtype', 'float32')} |",
     ]
     lines += [
         "",
@@ -405,19 +427,21 @@ def tradeoff(
     model_name: str = "",
     num_samples: int = 500,
     steps: tuple[int, ...] = TRADEOFF_STEPS,
+    samplers: tuple[str, ...] = TRADEOFF_SAMPLERS,
     seed: int = 0,
     batch_size: int = 250,
     judge: DigitJudge | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """
-    The steps/quality trade-off: DDPM with the full chain of T steps, then respaced DDPM and DDIM at each of `steps`;
-    one `evaluate_pipeline` result per row (same seed, so every row starts from the same x_T). A sampler the model
-    cannot use (DDIM for a learned-variance UNet) gives rows `{"scheduler", "num_inference_steps", "skipped": why}`.
+    The steps/quality trade-off: DDPM with the full chain of T steps, then each of `samplers` (respaced DDPM, DDIM,
+    DPM-Solver++, DPM-Solver++ SDE, Euler ancestral) at each of `steps`; one `evaluate_pipeline` result per row (same
+    seed, so every row starts from the same x_T; each row records the networks' dtype). A sampler the model cannot use
+    (DDIM for a learned-variance UNet) gives rows `{"scheduler", "num_inference_steps", "dtype", "skipped": why}`.
     """
     judge = judge if judge is not None else load_judge()
     full = pipe.scheduler.config.num_train_timesteps
-    settings = [("ddpm", full)] + [(name, k) for name in ("ddpm", "ddim") for k in steps if k <= full]
+    settings = [("ddpm", full)] + [(name, k) for name in samplers for k in steps if k <= full]
     rows = []
     for name, k in settings:
         try:
@@ -433,7 +457,12 @@ def tradeoff(
                 progress=progress,
             )
         except UnsupportedSamplerError as error:  # e.g. DDIM for a learned-variance model: raised before sampling
-            row = {"scheduler": name, "num_inference_steps": k, "skipped": str(error)}
+            row = {
+                "scheduler": name,
+                "num_inference_steps": k,
+                "dtype": _dtype_name(pipe),
+                "skipped": str(error),
+            }
         rows.append(row)
     return rows
 
@@ -445,17 +474,19 @@ def tradeoff_markdown(rows: list[dict]) -> str:
         f"### Steps vs. quality: {first['model'] or first['pipeline_class']} ({first['num_samples']} samples per row, "
         f"seed {first['seed']}, {first['device']})",
         "",
-        "| sampler | steps | confident (p >= 0.9) | digit shares (min, max) | Frechet distance | Frechet / reference "
-        "| s / image |",
-        "|---|---|---|---|---|---|---|",
+        "| sampler | steps | dtype | confident (p >= 0.9) | digit shares (min, max) | Frechet distance "
+        "| Frechet / reference | s / image |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         sampler = "DDPM (respaced)" if r["scheduler"] == "ddpm" and r is not first else r["scheduler"].upper()
         if "skipped" in r:
-            lines.append(f"| {sampler} | {r['num_inference_steps']} | skipped: {r['skipped']} | | | | |")
+            lines.append(
+                f"| {sampler} | {r['num_inference_steps']} | {r['dtype']} | skipped: {r['skipped']} | | | | |"
+            )
             continue
         lines.append(
-            f"| {sampler} | {r['num_inference_steps']} | {r['confident_share']:.1%} "
+            f"| {sampler} | {r['num_inference_steps']} | {r['dtype']} | {r['confident_share']:.1%} "
             f"| {min(r['class_shares']):.1%}, {max(r['class_shares']):.1%} | {r['frechet_distance']:.2f} "
             f"| {r['frechet_ratio']:.2f} | {r['seconds_per_image']:.4f} |"
         )
@@ -484,14 +515,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="latent", help="'latent', 'pixel' (bundled) or a pipeline folder")
     parser.add_argument("--num-samples", type=int, default=None, help="default 1000 (500 per row with --tradeoff)")
     parser.add_argument("--num-inference-steps", type=int, default=None, help="default: the pipeline's default")
-    parser.add_argument("--scheduler", choices=SCHEDULERS, default="ddpm")
+    parser.add_argument(
+        "--scheduler", choices=SCHEDULERS, default=None, help="default: the pipeline's default_sampler"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=250, help="images per pipeline call")
     parser.add_argument("--bpd", action="store_true", help="also the held-out bits/dim (slow: one UNet call per step)")
     parser.add_argument("--bpd-timesteps", type=int, default=None, help="strided bits/dim estimate over K steps")
     parser.add_argument("--bpd-num-images", type=int, default=None, help="held-out digits for bits/dim (default 500)")
     parser.add_argument("--bpd-batch-size", type=int, default=50)
-    parser.add_argument("--tradeoff", action="store_true", help="the steps/quality table: DDPM T, DDPM and DDIM at K")
+    parser.add_argument(
+        "--tradeoff", action="store_true", help="the steps/quality table: DDPM T, then each sampler at K"
+    )
     parser.add_argument("--tradeoff-steps", default=",".join(map(str, TRADEOFF_STEPS)), help="comma-separated K")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument(
@@ -499,7 +534,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--judge", default=None, help="folder of the digit judge (default: the shipped one)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--dtype", default="float32", help="dtype of the networks: auto, float32, bfloat16, float16")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", *DTYPE_NAMES),
+        default="auto",
+        help="dtype of the networks for sampling; auto: bfloat16 where the device computes it natively, else float32 "
+        "(DDPM_DTYPE=float32|bfloat16 pins auto); bits/dim always uses float32 weights",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -533,7 +574,8 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(args.model, torch_dtype=resolve_dtype(args.dtype, device), device=device)
+    dtype = resolve_dtype(args.dtype, device)
+    pipe = load_pipeline(args.model, torch_dtype=None if dtype == torch.float32 else dtype, device=device)
     judge = load_judge(args.judge, device=device)
     progress = not args.no_progress
     if args.tradeoff:
@@ -552,6 +594,7 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
             print(f"model card updated: {write_tradeoff_to_card(_model_folder(args.model), rows)}")
         output: dict | list[dict] = rows
     else:
+        bpd = args.bpd or args.bpd_timesteps is not None
         output = evaluate_pipeline(
             pipe,
             model_name=args.model,
@@ -560,7 +603,8 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
             scheduler=args.scheduler,
             seed=args.seed,
             batch_size=args.batch_size,
-            bpd=args.bpd or args.bpd_timesteps is not None,
+            bpd=bpd,
+            bpd_pipe=load_pipeline(args.model, device=device) if bpd and dtype != torch.float32 else None,  # float32
             bpd_timesteps=args.bpd_timesteps,
             bpd_num_images=args.bpd_num_images,
             bpd_batch_size=args.bpd_batch_size,

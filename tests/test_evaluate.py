@@ -361,12 +361,19 @@ def _full_results():
 def test_tradeoff_rows_and_table(tiny_model, judge, split):
     pipe = PixelDDPMPipeline.from_pretrained(tiny_model)
     rows = ev.tradeoff(pipe, num_samples=4, steps=(3, 2), batch_size=4, judge=judge, progress=False)
-    assert [(r["scheduler"], r["num_inference_steps"]) for r in rows] == [
-        ("ddpm", 6), ("ddpm", 3), ("ddpm", 2), ("ddim", 3), ("ddim", 2)
-    ]  # fmt: skip
-    assert type(pipe.scheduler) is GaussianDDPMScheduler  # restored after the DDIM rows
+    assert [(r["scheduler"], r["num_inference_steps"]) for r in rows] == [("ddpm", 6)] + [
+        (name, k) for name in ("ddpm", "ddim", "dpm", "dpm-sde", "euler-a") for k in (3, 2)
+    ]
+    assert {r["dtype"] for r in rows} == {"float32"}
+    assert type(pipe.scheduler) is GaussianDDPMScheduler  # restored after the other samplers' rows
+    # the SDE-type samplers really ran: other images than DDPM's from the same seed
+    frechet = {(r["scheduler"], r["num_inference_steps"]): r["frechet_distance"] for r in rows}
+    assert frechet[("dpm-sde", 3)] != frechet[("ddpm", 3)] and frechet[("euler-a", 3)] != frechet[("ddpm", 3)]
+    assert frechet[("dpm-sde", 3)] != frechet[("dpm", 3)]
     table = ev.tradeoff_markdown(rows)
-    assert table.count("\n| DDPM (respaced) |") == 2 and table.count("\n| DDIM |") == 2 and "\n| DDPM | 6 |" in table
+    assert table.count("\n| DDPM (respaced) | ") == 2 and table.count("\n| DDIM | ") == 2
+    assert "\n| DDPM | 6 | float32 |" in table and "\n| DPM-SDE | 3 | float32 |" in table
+    assert "\n| EULER-A | 2 | float32 |" in table and "| dtype |" in table
     shares = rows[0]["class_shares"]
     assert f"| {min(shares):.1%}, {max(shares):.1%} |" in table
     # the table goes to its own section of the model card, next to the evaluation, and replaces an earlier one
@@ -402,9 +409,10 @@ def test_tradeoff_skips_ddim_rows_of_a_learned_variance_model(judge):
     pipe = PixelDDPMPipeline(unet=unet, scheduler=scheduler)
     rows = ev.tradeoff(pipe, num_samples=2, steps=(2,), batch_size=2, judge=judge, progress=False)
     assert [("skipped" in r, r["scheduler"], r["num_inference_steps"]) for r in rows] == [
-        (False, "ddpm", 4), (False, "ddpm", 2), (True, "ddim", 2)
+        (False, "ddpm", 4), (False, "ddpm", 2), (True, "ddim", 2), (True, "dpm", 2), (True, "dpm-sde", 2),
+        (True, "euler-a", 2)
     ]  # fmt: skip
-    assert "| DDIM | 2 | skipped: scheduler='ddim' cannot sample this model" in ev.tradeoff_markdown(rows)
+    assert "| DDIM | 2 | float32 | skipped: scheduler='ddim' cannot sample this model" in ev.tradeoff_markdown(rows)
 
 
 def test_evaluate_command_on_a_bundled_model_writes_the_card_of_a_copy(tmp_path, monkeypatch, capsys):
@@ -468,3 +476,53 @@ def test_memorisation_share_separates_copies_from_unseen_digits(split):
     assert memo["share_below"] == 1.0 and memo["sample_median"] < 0.1 * memo["heldout_median"]
     with pytest.raises(ValueError, match="quantile"):
         memorisation(heldout_d, heldout_d, quantile=5)
+
+
+# ---------------------------------------------------------------------------------------------------- dtype, sampler
+def evaluate_args(model, out, *extra) -> list[str]:
+    return ["--model", str(model), "--num-samples", "6", "--batch-size", "6", "--num-inference-steps", "3",
+            "--bpd-timesteps", "3", "--bpd-num-images", "4", "--out", str(out), "--no-progress", *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize("pinned", ["float32", "bfloat16"])
+def test_evaluate_dtype_auto_follows_ddpm_dtype(tiny_model, tmp_path, monkeypatch, pinned):
+    monkeypatch.setenv("DDPM_DTYPE", pinned)
+    assert ev.parse_args([]).dtype == "auto"
+    out = tmp_path / "results.json"
+    ev.main(evaluate_args(tiny_model, out))  # --dtype auto (the default)
+    assert json.loads(out.read_text())["dtype"] == pinned
+
+
+def test_bpd_of_a_bf16_run_is_the_float32_bpd(tiny_model, tmp_path):
+    """Sampling in bf16 leaves the held-out bits/dim as it is in float32: it is computed with float32 weights."""
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / f"{dtype}.json"
+        ev.main(evaluate_args(tiny_model, out, "--dtype", dtype))
+        runs[dtype] = json.loads(out.read_text())
+    assert runs["bfloat16"]["dtype"] == "bfloat16" and runs["float32"]["dtype"] == "float32"
+    assert runs["bfloat16"]["bpd"]["bpd"] == runs["float32"]["bpd"]["bpd"]
+    # ... which the bf16 weights would not give
+    pipe = PixelDDPMPipeline.from_pretrained(tiny_model, torch_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="bits/dim needs float32 weights"):
+        ev.evaluate_pipeline(pipe, num_samples=2, batch_size=2, bpd=True, bpd_timesteps=3, progress=False)
+    bf16_bpd = ev._heldout_bpd(pipe, pipe.scheduler, 3, 4, 50, 0)["bpd"]
+    assert abs(bf16_bpd - runs["float32"]["bpd"]["bpd"]) > 1e-4
+
+
+def test_evaluate_samples_with_the_pipelines_default_sampler(tmp_path, judge):
+    torch.manual_seed(0)
+    unet = DDPMUNet2DModel(
+        sample_size=32, in_channels=1, model_channels=8, channel_mult=(1,), norm_num_groups=4, attention_resolutions=()
+    )
+    pipe = PixelDDPMPipeline(
+        unet=unet, scheduler=GaussianDDPMScheduler(num_train_timesteps=6), default_sampler="dpm-sde"
+    )
+    assert ev.parse_args([]).scheduler is None
+    kwargs = dict(num_samples=4, num_inference_steps=3, batch_size=4, judge=judge, progress=False)
+    default = ev.evaluate_pipeline(pipe, **kwargs)  # scheduler=None: the pipeline's default_sampler
+    named = ev.evaluate_pipeline(pipe, scheduler="dpm-sde", **kwargs)
+    ddpm = ev.evaluate_pipeline(pipe, scheduler="ddpm", **kwargs)
+    assert default["scheduler"] == "dpm-sde" and default["frechet_distance"] == named["frechet_distance"]
+    assert default["frechet_distance"] != ddpm["frechet_distance"]
+    assert "DPM-SDE 3 steps" in ev.metrics_markdown(default)
