@@ -8,6 +8,7 @@ import math
 import os
 import socket
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -454,9 +455,25 @@ def test_make_grid_tiles_and_upscales_with_nearest_neighbour():
     np.testing.assert_array_equal(mosaic[1, 7:, :7, 0], expected[1, 2])  # channel 2: bottom left
 
 
+@contextmanager
+def app_settings(app, models, **changes):
+    """The app under settings that offer the tiny models' folder (other tests build demos with other settings)."""
+    previous = app.SETTINGS
+    app.configure(app.limits.AppSettings(model_dirs=(os.path.dirname(models["pixel"]),), **changes))
+    try:
+        yield
+    finally:
+        app.configure(previous)
+
+
 def test_latent_previews_call_the_vae_decoder_for_the_final_images_only(server, models):
     """Previews every step show the approximate x0_hat (no decoder call); one decoder call makes the final images."""
     app = server[0]
+    with app_settings(app, models):
+        check_latent_previews_call_the_decoder_once(app, models)
+
+
+def check_latent_previews_call_the_decoder_once(app, models):
     pipe = app.load_model(models["latent"])
     expected_map = pipe.latent_to_image_map()  # fitted (with the decoder) on first use, then cached per VAE
     calls = []
@@ -547,28 +564,26 @@ def test_model_choice_selects_the_pipelines_default_sampler_and_steps(server, mo
         default_num_inference_steps=12,
         default_sampler="dpm-sde",
     ).save_pretrained(folder)
-    info, sampler, steps, timestep, nll_steps = app.model_info(folder, 10, 10)
-    assert sampler["value"] == "DPM-Solver++ SDE" and steps["value"] == 12 and steps["maximum"] == 50
-    _, sampler, steps, *_ = app.model_info(models["pixel"], 10, 10)  # default_sampler "ddpm", 1000 steps > T = 50
+    with app_settings(app, models):
+        info, sampler, steps, timestep, nll_steps = app.model_info(folder, 10, 10)
+        assert sampler["value"] == "DPM-Solver++ SDE" and steps["value"] == 12 and steps["maximum"] == 50
+        _, sampler, steps, *_ = app.model_info(models["pixel"], 10, 10)  # default_sampler "ddpm", 1000 steps > T
     assert sampler["value"] == "DDPM ancestral" and steps["value"] == 50
     assert set(support.SAMPLERS.values()) == set(SAMPLERS)  # every library sampler is offered
 
 
 def test_bf16_app_samples_in_bf16_and_keeps_the_likelihood_in_float32(server, models):
     """Under `--dtype bfloat16` sampling runs the bf16 networks; bits/dim still uses the float32 weights."""
-    import dataclasses
-
     app = server[0]
-    previous = app.SETTINGS
-    app.configure(dataclasses.replace(previous, dtype="bfloat16"))
-    try:
+    with pytest.raises(ValueError, match="--dtype must be one of"):
+        app.limits.AppSettings(dtype="float16")
+    assert app.limits.AppSettings.from_env({"DDPM_APP_DTYPE": "bfloat16"}).dtype == "bfloat16"
+    with app_settings(app, models, dtype="bfloat16"):
         assert app.load_model(models["latent"]).unet.dtype == torch.bfloat16
         assert app.load_model(models["latent"]).vae.dtype == torch.bfloat16
         outputs = list(app.sample(models["latent"], "DPM-Solver++ SDE", 4, 0, 2, 2))
         assert "Done" in outputs[-1][5] and outputs[-1][2].dtype == np.uint8
         _, summary, _ = app.likelihood(models["pixel"], 0, 2, None, 5, False, 0)
-    finally:
-        app.configure(previous)
     pipe = PixelDDPMPipeline.from_pretrained(models["pixel"])
     expected = bits_per_dim(
         pipe.unet,
