@@ -45,7 +45,7 @@ from .metrics import (
     memorisation,
     nearest_distances,
 )
-from .precision import DTYPE_NAMES, resolve_dtype
+from .precision import add_dtype_argument, resolve_dtype
 from .sample import SCHEDULERS, UnsupportedSamplerError, generators_for, load_pipeline, set_scheduler
 
 __all__ = [
@@ -534,13 +534,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--judge", default=None, help="folder of the digit judge (default: the shipped one)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument(
-        "--dtype",
-        choices=("auto", *DTYPE_NAMES),
-        default="auto",
-        help="dtype of the networks for sampling; auto: bfloat16 where the device computes it natively, else float32 "
-        "(DDPM_DTYPE=float32|bfloat16 pins auto); bits/dim always uses float32 weights",
-    )
+    add_dtype_argument(parser, "; the bits/dim always uses the float32 weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)

@@ -32,7 +32,7 @@ import os
 
 import torch
 
-__all__ = ["DTYPE_ENV", "DTYPE_NAMES", "bf16_is_native", "default_dtype", "resolve_dtype"]
+__all__ = ["DTYPE_ENV", "DTYPE_NAMES", "add_dtype_argument", "bf16_is_native", "default_dtype", "resolve_dtype"]
 
 DTYPE_ENV = "DDPM_DTYPE"
 # names accepted by `resolve_dtype` (and the CLIs' --dtype); "auto" is `default_dtype(device)`
@@ -126,3 +126,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | 
     if dtype not in DTYPE_NAMES:
         raise ValueError(f"dtype={dtype!r} is not supported; choose 'auto' or one of {tuple(DTYPE_NAMES)}.")
     return DTYPE_NAMES[dtype]
+
+
+def add_dtype_argument(parser, note: str = "") -> None:
+    """Adds the CLIs' `--dtype auto|float32|bfloat16|float16` (default `auto`) to an `argparse` parser."""
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", *DTYPE_NAMES),
+        default="auto",
+        help="dtype of the networks; auto: bfloat16 where the device computes it natively, else float32 "
+        f"({DTYPE_ENV}=float32|bfloat16 pins auto){note}",
+    )

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .pipelines.samplers import SAMPLERS, make_sampler, unet_predicts_variance
-from .precision import DTYPE_NAMES, resolve_dtype
+from .precision import DTYPE_NAMES, add_dtype_argument, resolve_dtype
 
 __all__ = [
     "SCHEDULERS",
@@ -310,13 +310,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scheduler", choices=SCHEDULERS, default=None, help="default: the pipeline's default_sampler"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--dtype",
-        choices=("auto", *DTYPES),
-        default="auto",
-        help="dtype of the networks; auto: bfloat16 where the device computes it natively, else float32 "
-        "(DDPM_DTYPE=float32|bfloat16 pins auto)",
-    )
+    add_dtype_argument(parser)
     parser.add_argument("--cpu", action="store_true", help="sample on the CPU even where a GPU is available")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     args = parser.parse_args(argv)

@@ -483,7 +483,7 @@ def check_latent_previews_call_the_decoder_once(app, models):
     finally:
         hook.remove()
     assert len(outputs) == 9 and "Done" in outputs[-1][5]
-    assert len(calls) == 1  # the output, its z0_hat and the trajectory frames, all in one call
+    assert len(calls) == 1 and calls[0] == 2  # the output (its z0_hat is the output itself), in one call
     assert all(isinstance(o[1], np.ndarray) for o in outputs[:-1])  # an x0_hat picture at every preview
     # the previews' x0_hat is the fitted map's image of the run's z0_hat
     run = support.make_run_pipeline(pipe, support.make_scheduler(pipe, "DDPM ancestral"))
@@ -503,20 +503,26 @@ def check_latent_previews_call_the_decoder_once(app, models):
     np.testing.assert_array_equal(outputs[-1][2], support.make_grid(final, target_size=app.PREVIEW_SIZE))
 
 
-def test_latent_trajectory_is_decoded_from_the_previews_z0_hat():
-    """The strip holds the VAE decode of the first image's z0_hat at up to 8 preview steps, then the output."""
+def test_latent_trajectory_reuses_the_approximate_previews():
+    """The strip holds the first image's approximate x0_hat at up to 7 preview steps, then the decoded output; the
+    final item costs one decoder call."""
     from types import SimpleNamespace
 
     from ddpm_plugin.pipelines import DDPMPreview
 
     decoded = []
 
+    def upsample(latents):  # 7x7 -> 28x28, the first channel
+        return latents[:, :1].repeat_interleave(4, 2).repeat_interleave(4, 3)
+
     def decode_latents(latents):
         decoded.append(latents.shape[0])
-        return latents[:, :1].repeat_interleave(4, 2).repeat_interleave(4, 3).tanh()  # 7x7 -> 28x28, [-1, 1]
+        return upsample(latents).tanh()  # [-1, 1]
 
-    fake = SimpleNamespace(vae=object(), decode_latents=decode_latents)
-    renderer = support.PreviewRenderer(fake, target_size=64)
+    def approx(latents):
+        return (upsample(latents) / 2 + 0.5).clamp(0, 1)
+
+    renderer = support.PreviewRenderer(SimpleNamespace(vae=object(), decode_latents=decode_latents), target_size=64)
     first_z0 = []
     for step in range(1, 21):
         z = torch.randn(2, 4, 7, 7)
@@ -528,10 +534,11 @@ def test_latent_trajectory_is_decoded_from_the_previews_z0_hat():
             raw_sample=z,
             raw_pred_original_sample=z,
             render=lambda x: x,
-            render_approx=lambda x: (x[:, :1].repeat_interleave(4, 2).repeat_interleave(4, 3) / 2 + 0.5).clamp(0, 1),
+            render_approx=approx,
         )
         xt, x0 = renderer.preview(item)
-        assert xt.dtype == np.uint8 and x0.dtype == np.uint8
+        assert xt.dtype == np.uint8
+        np.testing.assert_array_equal(x0, support.make_grid(support.images_to_uint8(approx(z)), target_size=64))
     assert decoded == []  # no decoder call during the previews
     out = torch.randn(2, 4, 7, 7)
     final = renderer.final(
@@ -546,12 +553,11 @@ def test_latent_trajectory_is_decoded_from_the_previews_z0_hat():
             raw_pred_original_sample=out,
         )
     )
-    assert decoded == [2 + 7]  # one call: the 2 outputs (z0_hat is the output) and 7 preview frames
+    assert decoded == [2]  # one call: the 2 outputs (z0_hat is the output itself)
     assert final["trajectory_steps"] == [1, 4, 7, 10, 12, 15, 18, 21]
-    strip_tiles = support.tensor_to_uint8(
-        decode_latents(torch.cat([first_z0[k - 1] for k in (1, 4, 7, 10, 12, 15, 18)] + [out[:1]]))
-    )
-    np.testing.assert_array_equal(final["trajectory"], support.make_grid(strip_tiles, ncols=8, target_size=96 * 8))
+    frames = [support.images_to_uint8(approx(first_z0[k - 1]))[0] for k in (1, 4, 7, 10, 12, 15, 18)]
+    frames.append(support.tensor_to_uint8(decode_latents(out[:1]))[0])
+    np.testing.assert_array_equal(final["trajectory"], support.make_grid(np.stack(frames), ncols=8, target_size=768))
 
 
 def test_model_choice_selects_the_pipelines_default_sampler_and_steps(server, models):

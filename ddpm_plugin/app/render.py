@@ -145,11 +145,12 @@ class PreviewRenderer:
     Pixel pipelines run with `output_type="np"`: a preview is an array conversion and a grid. Latent pipelines run with
     `output_type="latent"`: the current z_t is shown as its latent channels, and x0_hat as the cheap approximate image
     of z0_hat (`DDPMPreview.approx_pred_original_sample`: a linear map from latents to pixels fitted on the VAE), so a
-    preview never calls the VAE decoder. The final item is decoded with the VAE in one call: the output, its z0_hat
-    where it differs, and the first image's z0_hat at the trajectory's preview steps.
+    preview never calls the VAE decoder. The final item is decoded with the VAE in one call: the output and its z0_hat
+    where it differs.
 
     The trajectory strip shows up to `trajectory_frames` preview steps: for a pixel model the first image's x_t (top
-    row) and x0_hat (bottom row), for a latent model its VAE-decoded x0_hat and the output.
+    row) and x0_hat (bottom row), for a latent model its approximate x0_hat previews and the (decoded) output; decoding
+    the frames with the VAE as well would cost about as much as the previews' grids together.
     """
 
     def __init__(self, pipe, target_size: int = 256, trajectory_frames: int = 8):
@@ -158,8 +159,7 @@ class PreviewRenderer:
         self.output_type = "latent" if self.latent else "np"
         self.target_size = target_size
         self.trajectory_frames = trajectory_frames
-        # (step, x_t, x0_hat) of the first image: uint8 images (pixel model) or (None, z0_hat latents) (latent model)
-        self.frames: list[tuple[int, Any, Any]] = []
+        self.frames: list[tuple[int, np.ndarray | None, np.ndarray]] = []  # (step, x_t, x0_hat) of the first image
         self._x0_grid: np.ndarray | None = None
 
     def _grid(self, images: np.ndarray, ncols: int | None = None, target_size: int | None = None) -> np.ndarray:
@@ -180,8 +180,9 @@ class PreviewRenderer:
                 self._x0_grid = self._grid(x0)
             return self._grid(xt), self._x0_grid
         if item.raw_pred_original_sample is not None:
-            self._x0_grid = self._grid(images_to_uint8(item.approx_pred_original_sample))  # no VAE call
-            self.frames.append((item.step, None, item.raw_pred_original_sample[:1]))
+            x0 = images_to_uint8(item.approx_pred_original_sample)  # no VAE call
+            self._x0_grid = self._grid(x0)
+            self.frames.append((item.step, None, x0[0]))
         return self._grid(latents_to_display(item.raw_sample)), self._x0_grid
 
     def _trajectory(self, frames: list) -> list:
@@ -196,16 +197,12 @@ class PreviewRenderer:
         `trajectory_label`.
         """
         if self.latent:
-            # the previews' z0_hat, then the output (decoded anyway)
-            frames = self._trajectory(self.frames + [(item.step, None, None)])
             z0, n = item.raw_pred_original_sample, item.images.shape[0]
             same = z0 is not None and torch.equal(z0, item.images)  # the last DDPM / DDIM step returns z0_hat itself
-            parts = [item.images] + ([] if z0 is None or same else [z0]) + [f[2] for f in frames[:-1]]
-            decoded = self._decode(torch.cat([p.to(item.images.dtype) for p in parts]))  # one decoder call
+            decoded = self._decode(item.images if z0 is None or same else torch.cat([item.images, z0]))  # one call
             images = decoded[:n]
-            x0 = images if same else (decoded[n : 2 * n] if z0 is not None else None)
-            strip_images = [*decoded[len(decoded) - len(frames) + 1 :], images[0]]
-            frames = [(step, None, image) for (step, _, _), image in zip(frames, strip_images)]
+            x0 = images if same else (decoded[n:] if z0 is not None else None)
+            frames = self._trajectory(self.frames + [(item.step, None, images[0])])  # the previews, then the output
         else:
             images = images_to_uint8(item.images)
             x0 = None if item.pred_original_sample is None else images_to_uint8(item.pred_original_sample)
@@ -213,7 +210,7 @@ class PreviewRenderer:
         strip, label = None, ""
         if frames and self.latent:
             strip = self._grid(np.stack([f[2] for f in frames]), ncols=len(frames), target_size=96 * len(frames))
-            label = "x̂_0 (last: the output)"
+            label = "approximate x̂_0 (last: the output)"
         elif frames:
             tiles = np.stack([f[1] for f in frames] + [f[2] for f in frames])
             strip = self._grid(tiles, ncols=len(frames), target_size=96 * len(frames))
