@@ -442,7 +442,8 @@ def test_evaluate_command_on_a_bundled_model_writes_the_card_of_a_copy(tmp_path,
     assert card.count(ev.CARD_BEGIN) == 1 and original.count(ev.CARD_BEGIN) == 1
     assert card.split(ev.CARD_BEGIN)[0] == original.split(ev.CARD_BEGIN)[0]
     assert card.split(ev.CARD_END)[1] == original.split(ev.CARD_END)[1]
-    assert "### Evaluation: pixel, DDPM 4 steps" in card
+    # no --scheduler: the pipeline's own default_sampler (DPM-Solver++ SDE for the bundled pixel model)
+    assert results["scheduler"] == "dpm-sde" and "### Evaluation: pixel, DPM-SDE 4 steps" in card
     assert f"model card updated: {root / 'mnist-pixel' / 'README.md'}" in capsys.readouterr().out
     ev.main(args)  # a second evaluation replaces the section
     assert (root / "mnist-pixel" / "README.md").read_text().count(ev.CARD_BEGIN) == 1
