@@ -257,6 +257,12 @@ def test_two_clients_share_the_server_fairly(server, models):
         long_runs += [
             hog.submit(**sample_args(models["slow"], steps=1000, batch_size=1, preview_every=5)) for _ in "ab"
         ]
+        # refused while the first run streams (one model job per session); checked before anything stops it, since a
+        # join is re-checked for up to 1 s and would be let in once the first run has ended
+        for run in long_runs[1:]:
+            with pytest.raises(Exception, match="Queue is full"):
+                run.result(timeout=60)
+        assert not long_runs[0].done()
         *_, status = other.predict(**sample_args(models["pixel"], steps=10, preview_every=0))
         assert "Done" in status
         assert not long_runs[0].done()  # the other client did not wait for the hog's runs
@@ -265,9 +271,6 @@ def test_two_clients_share_the_server_fairly(server, models):
     finally:
         hog.predict(api_name="/stop")
     assert "Stopped at step" in long_runs[0].result(timeout=60)[5]
-    for run in long_runs[1:]:
-        with pytest.raises(Exception, match="Queue is full"):
-            run.result(timeout=60)
 
 
 # ---------------------------------------------------------------------------------------------------- jobs
