@@ -75,10 +75,12 @@ def images_to_latents(
         scale (`float`, *optional*): s; defaults to `vae.config.scaling_factor` ([`get_latent_scale`]).
 
     Returns:
-        `torch.Tensor` of shape `(batch_size, latent_channels, h, w)`.
+        `torch.Tensor` of shape `(batch_size, latent_channels, h, w)`, in the dtype of `images` (a bfloat16 VAE
+        encodes a float32 batch, and the diffusion's arithmetic stays in float32).
     """
     scale = get_latent_scale(vae) if scale is None else scale
-    return latents_from_posterior(vae.encode(images).latent_dist, scale, generator, mode=mode)
+    posterior = vae.encode(images.to(vae.dtype)).latent_dist
+    return latents_from_posterior(posterior, scale, generator, mode=mode).to(images.dtype)
 
 
 def latents_to_images(vae, latents: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
@@ -91,10 +93,11 @@ def latents_to_images(vae, latents: torch.Tensor, *, scale: float | None = None)
         scale (`float`, *optional*): s; defaults to `vae.config.scaling_factor` ([`get_latent_scale`]).
 
     Returns:
-        `torch.Tensor` of shape `(batch_size, num_channels, height, width)`, about in [-1, 1] (not clamped).
+        `torch.Tensor` of shape `(batch_size, num_channels, height, width)`, about in [-1, 1] (not clamped), in the
+        dtype of `latents`.
     """
     scale = get_latent_scale(vae) if scale is None else scale
-    return vae.decode(latents.to(vae.dtype) / scale).sample
+    return vae.decode(latents.to(vae.dtype) / scale).sample.to(latents.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------- s and p_psi

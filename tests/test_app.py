@@ -399,6 +399,26 @@ def test_latent_space(server, client, models):
         client.predict(model=models["pixel"], digit_index=1, upload=None, api_name="/latent_space")
 
 
+def test_image_views_of_a_bfloat16_latent_model(models):
+    """The app runs the networks in bfloat16 where the CPU computes it natively: the forward process and the latent
+    view then feed a float32 digit to a bfloat16 VAE (which raised "Input type (float) and bias type (BFloat16)")."""
+    fp32 = LatentDDPMPipeline.from_pretrained(models["latent"])
+    bf16 = LatentDDPMPipeline.from_pretrained(models["latent"], torch_dtype=torch.bfloat16)
+    assert bf16.vae.dtype == torch.bfloat16
+    digit = support.to_model_input(support.digits_by_index([3]), fp32)
+    # the diffusion's arithmetic stays float32; bfloat16 keeps 8 bits of mantissa, about one 8-bit grey level (the
+    # latent channels are shown stretched to their own range, which magnifies it a little)
+    for view in (lambda p: support.forward_process(p, digit, 10, seed=0), lambda p: support.encode_decode(p, digit)):
+        want, got = view(fp32), view(bf16)
+        for key, value in want.items():
+            if isinstance(value, np.ndarray):
+                diff = np.abs(got[key].astype(int) - value.astype(int))
+                assert diff.max() <= 8 and diff.mean() <= 2.0, (key, diff.max(), diff.mean())
+            elif isinstance(value, torch.Tensor):
+                assert got[key].dtype == value.dtype == torch.float32, key
+                torch.testing.assert_close(got[key], value, atol=0.05, rtol=0.02)
+
+
 def test_import_has_no_side_effects(server):
     """Importing app.py (as Spaces does) builds `demo` but loads no model, starts no server and writes no file."""
     app = server[0]
