@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import html
 import logging
 import os
@@ -34,6 +35,7 @@ from types import SimpleNamespace
 import gradio as gr
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -53,6 +55,7 @@ DEFAULT_MODEL = "bundled:latent"
 PREVIEW_SIZE = 256  # previews and grids are upscaled (nearest neighbour) to about this many pixels
 MAX_SEED = 2**32 - 1
 MAX_LIKELIHOOD_DIGITS = 16
+_RED, _RED_HEX = (214, 39, 40), "#d62728"  # matplotlib's tab:red
 HEAVY = {"concurrency_id": "model"}  # sampling, likelihood, latent view: `SETTINGS.concurrency` at once
 CHEAP = {"concurrency_id": "cheap"}  # forward process, model info: their own slots, fast while sampling runs
 PER_SESSION = {"model": 1, "cheap": 2}  # jobs one visitor session may have queued or running, per group
@@ -258,12 +261,19 @@ def _sample_run(run, job, sampler: str, steps: int, seed: int, batch_size: int, 
     )
     start = time.perf_counter()
     last_x0 = None
+    # at most `max_preview_fps` previews a second: a step faster than that skips its preview (the trajectory strip
+    # then picks its frames from the previews sent)
+    min_interval = 1.0 / SETTINGS.max_preview_fps if SETTINGS.max_preview_fps > 0 else 0.0
+    last_sent = -float("inf")
     folder = tempfile.mkdtemp(prefix="ddpm_app_")  # gradio copies the download into its cache before the next step
     try:
         with user_errors("Sampling"):
             for item in previews:
                 elapsed = time.perf_counter() - start
                 if not item.final:
+                    if elapsed - last_sent < min_interval:
+                        continue
+                    last_sent = elapsed
                     xt, x0 = renderer.preview(item)
                     # an x0_hat that was not made again is not sent again: gradio would rewrite its file while the
                     # browser may be reading it
@@ -349,17 +359,43 @@ def digits_input(pipe, indices: list[int], upload: str | None):
 
 
 # ---------------------------------------------------------------------------------------------------- forward
-def snr_figure(snr: np.ndarray, timestep: int) -> Figure:
+@functools.lru_cache(maxsize=8)
+def _snr_chart(snr_bytes: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+    """The schedule's SNR curve drawn once per schedule (matplotlib is the costly part of a forward-process call), with
+    the pixel position of every (t, SNR(t)) on it and the rows of the plot area, so marking a t draws nothing anew."""
+    snr = np.frombuffer(snr_bytes, dtype=np.float64)
     fig = Figure(figsize=(5, 3), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     ax.semilogy(np.arange(len(snr)), snr, color="tab:blue", label="SNR(t) = ᾱ_t / (1 − ᾱ_t)")
-    ax.axvline(timestep, color="tab:red", linestyle="--", linewidth=1)
-    ax.plot([timestep], [snr[timestep]], "o", color="tab:red", label=f"t = {timestep}: {snr[timestep]:.3g}")
+    ax.plot([], [], "o--", color=_RED_HEX, label="the t shown")
     ax.set_xlabel("timestep t")
     ax.set_ylabel("signal-to-noise ratio")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    return fig
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    image = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    height = image.shape[0]
+    xy = ax.transData.transform(np.column_stack([np.arange(len(snr)), snr]))
+    cols = np.clip(np.rint(xy[:, 0]).astype(int), 0, image.shape[1] - 1)
+    rows = np.clip(np.rint(height - xy[:, 1]).astype(int), 0, height - 1)
+    _, y0, _, y1 = ax.bbox.extents  # display coordinates: origin at the bottom left
+    return image, cols, rows, (int(np.ceil(height - y1)), int(np.floor(height - y0)))
+
+
+def snr_chart(snr, timestep: int) -> np.ndarray:
+    """The schedule's SNR curve `(height, width, 3)` uint8 with t marked (a dashed line and a dot)."""
+    image, cols, rows, (top, bottom) = _snr_chart(np.ascontiguousarray(snr, dtype=np.float64).tobytes())
+    chart = image.copy()
+    col, row = cols[timestep], rows[timestep]
+    dashes = np.arange(top, bottom)
+    chart[dashes[(dashes - top) // 4 % 2 == 0], col] = _RED
+    dy, dx = np.mgrid[-4:5, -4:5]
+    disc = dy**2 + dx**2 <= 16
+    ys, xs = row + dy[disc], col + dx[disc]
+    keep = (ys >= 0) & (ys < chart.shape[0]) & (xs >= 0) & (xs < chart.shape[1])
+    chart[ys[keep], xs[keep]] = _RED
+    return chart
 
 
 def forward_process(model: str, digit_index: float, upload: str | None, timestep: float, seed: float):
@@ -382,7 +418,7 @@ def forward_process(model: str, digit_index: float, upload: str | None, timestep
             else "."
         )
     )
-    return grid(out["x0"]), grid(out["xt"]), latents, snr_figure(snr, timestep), info
+    return grid(out["x0"]), grid(out["xt"]), latents, snr_chart(snr, timestep), info
 
 
 # ---------------------------------------------------------------------------------------------------- likelihood
@@ -647,7 +683,9 @@ def build_demo(default_model: str | None = None, settings: limits.AppSettings | 
                             fwd_x0 = _image("x_0")
                             fwd_xt = _image("x_t ~ q(x_t | x_0)", "forward_xt")
                             fwd_latents = _image("Noisy latent channels z_t (latent model)", height=None)
-                        fwd_plot = gr.Plot(label="Signal-to-noise ratio of the schedule")
+                        fwd_plot = gr.Image(
+                            label="Signal-to-noise ratio of the schedule", type="numpy", format="png", interactive=False
+                        )
                         fwd_info = gr.Markdown()
             with gr.Tab("Likelihood", id="likelihood"):
                 with gr.Row():

@@ -95,7 +95,8 @@ def server(models):
     os.environ["HF_HUB_OFFLINE"] = "1"
     import app
 
-    settings = app.limits.AppSettings(model_dirs=(os.path.dirname(models["pixel"]),))
+    # every preview sent (max_preview_fps=0): the tests count one update per preview; its limit is tested apart
+    settings = app.limits.AppSettings(model_dirs=(os.path.dirname(models["pixel"]),), max_preview_fps=0)
     demo = app.build_demo(default_model=models["pixel"], settings=settings)
     port = free_port()
     app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
@@ -309,7 +310,17 @@ def test_forward_process(server, client, models):
     expected = math.sqrt(alpha_bar) * digit + math.sqrt(1 - alpha_bar) * eps
     assert_images_close(read_png(x0), shown_images(app, digit))
     assert_images_close(read_png(xt), shown_images(app, expected))
-    assert latents is None and plot is not None and "t = 20" in info and f"ᾱ_t = {alpha_bar:.4g}" in info
+    assert latents is None and "t = 20" in info and f"ᾱ_t = {alpha_bar:.4g}" in info
+    # the SNR chart: the curve drawn once per schedule, t marked in red where the curve is at t
+    chart = read_png(plot)
+    snr = alpha_bar / (1 - alpha_bar)
+    red = np.argwhere(np.all(chart == (214, 39, 40), axis=-1))
+    assert chart.shape[-1] == 3 and len(red) > 20
+    np.testing.assert_array_equal(chart, app.snr_chart(support.signal_to_noise_ratio(pipe.scheduler), 20))
+    flat = np.full(50, snr)
+    base = app._snr_chart(flat.tobytes())[0]
+    marks = {t: np.argwhere(np.any(app.snr_chart(flat, t) != base, -1)) for t in (5, 40)}
+    assert marks[5][:, 1].max() < marks[40][:, 1].min()  # the mark moves right with t
     with pytest.raises(Exception, match="t=50 is out of range; this model's timesteps are 0..49"):
         client.predict(
             model=models["pixel"], digit_index=3, upload=None, timestep=50, seed=0, api_name="/forward_process"
@@ -479,11 +490,32 @@ def test_make_grid_tiles_and_upscales_with_nearest_neighbour():
 def app_settings(app, models, **changes):
     """The app under settings that offer the tiny models' folder (other tests build demos with other settings)."""
     previous = app.SETTINGS
+    changes = {"max_preview_fps": 0, **changes}
     app.configure(app.limits.AppSettings(model_dirs=(os.path.dirname(models["pixel"]),), **changes))
     try:
         yield
     finally:
         app.configure(previous)
+
+
+def test_previews_per_second_are_limited(server, models):
+    """A fast run sends at most `max_preview_fps` previews a second (the first at once, the final grid always):
+    each preview costs the server two PNG grids and a message, which slowed the other visitors' calls."""
+    app = server[0]
+    for fps in (4.0, 0):
+        with app_settings(app, models, max_preview_fps=fps):
+            start = time.perf_counter()
+            outputs = list(app.sample(models["long"], "DDPM ancestral", 300, 0, 1, 1))
+            elapsed = time.perf_counter() - start
+        previews, final = outputs[:-1], outputs[-1]
+        assert "Done" in final[5] and final[2] is not None and all(o[2] is None for o in previews)
+        if fps:
+            assert 1 <= len(previews) <= elapsed * fps + 1, (len(previews), elapsed)
+        else:
+            assert len(previews) == 299  # every step but the last (the final item)
+    assert app.limits.AppSettings(max_preview_fps=0).max_preview_fps == 0
+    with pytest.raises(ValueError, match=r"--max-preview-fps must be 0 \(no limit\) or positive, got -1"):
+        app.limits.AppSettings(max_preview_fps=-1)
 
 
 def test_latent_previews_call_the_vae_decoder_for_the_final_images_only(server, models):

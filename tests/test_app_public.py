@@ -591,6 +591,10 @@ def test_settings_from_flags_and_environment():
     args = parser.parse_args(["--model-dir", "/c", "--model-dir", "/d", "--max-compute", "99"])
     settings = settings_from_args(args, env)
     assert settings.model_dirs == ("/c", "/d") and settings.max_compute == 99 and settings.max_seconds == 30
+    # a flag of 0 (allowed for --max-preview-fps: no limit) wins over the environment too
+    env["DDPM_APP_MAX_PREVIEW_FPS"] = "5"
+    assert settings_from_args(parser.parse_args(["--max-preview-fps", "0"]), env).max_preview_fps == 0
+    assert settings_from_args(parser.parse_args([]), env).max_preview_fps == 5
     with pytest.raises(ValueError, match="DDPM_APP_CACHE_SIZE='many' is not a valid int"):
         AppSettings.from_env({"DDPM_APP_CACHE_SIZE": "many"})
     with pytest.raises(ValueError, match="--max-seconds must be positive, got 0"):

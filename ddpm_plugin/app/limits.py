@@ -58,6 +58,12 @@ class AppSettings:
         "auto", "--dtype", "DDPM_APP_DTYPE", "dtype of the networks", choices=("auto", "float32", "bfloat16")
     )
 
+    # previews sent to a browser per second and run at most (faster steps skip previews; the last one always comes);
+    # 0 sends every preview. Each preview costs the server two PNG grids and a message
+    max_preview_fps: float = _setting(
+        10.0, "--max-preview-fps", "DDPM_APP_MAX_PREVIEW_FPS", "previews per second and run at most (0: no limit)"
+    )
+
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -65,6 +71,9 @@ class AppSettings:
             if choices is not None:
                 if value not in choices:
                     raise ValueError(f"{f.metadata['flag']} must be one of {choices}, got {value!r}.")
+            elif f.name == "max_preview_fps":
+                if not value >= 0:
+                    raise ValueError(f"{f.metadata['flag']} must be 0 (no limit) or positive, got {value!r}.")
             elif f.name != "model_dirs" and not value > 0:
                 raise ValueError(f"{f.metadata['flag']} must be positive, got {value!r}.")
 
@@ -103,7 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> AppSettings:
     """The environment's settings, with the flags given on the command line replacing them."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(AppSettings) if getattr(args, f.name, None)}
+    names = [f.name for f in dataclasses.fields(AppSettings)]
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     if "model_dirs" in given:
         given["model_dirs"] = tuple(given["model_dirs"])
     return dataclasses.replace(AppSettings.from_env(env), **given)
