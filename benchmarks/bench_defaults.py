@@ -8,6 +8,9 @@
 
     python benchmarks/bench_defaults.py [--batch-size 16] [--repeats 3] [--threads 1]
 
+`bench_defaults_rows` gives the same measurements as rows of `benchmarks/run_all.py` (section "defaults"), with the
+default in float32 too, so that bf16 and the few-step sampler each show what they give.
+
 The quality of each setting on 1,000 samples is measured with `python -m ddpm_plugin.evaluate` (README, "Quality").
 """
 
@@ -20,7 +23,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import interleaved, machine_info, medians  # noqa: E402
+from common import Row, interleaved, machine_info, medians, met  # noqa: E402
 
 from ddpm_plugin import load_default_pipeline  # noqa: E402
 from ddpm_plugin.precision import default_dtype  # noqa: E402
@@ -53,6 +56,48 @@ def variants(kind: str, batch_size: int, diffusers_steps: int) -> dict:
             batch_size=batch_size, generator=generators(), num_inference_steps=diffusers_steps
         )
     return out
+
+
+def bench_defaults_rows(batch_size: int = 4, repeats: int = 3, diffusers_steps: int = 1000) -> list[Row]:
+    """
+    Rows of `run_all.py`: per model, today's default (its sampler and steps, bf16 where native) against the first
+    release's default (goal: <= 1/4 of its time), against the same default in float32 (what bf16 gives), and for the
+    pixel model against `diffusers.DDPMPipeline` at `diffusers_steps` (its default: 1,000) on the same UNet.
+    """
+    rows = []
+    for kind in ("latent", "pixel"):
+        cases = variants(kind, batch_size, diffusers_steps)
+        fp32 = load_default_pipeline(kind)
+        fp32.set_progress_bar_config(disable=True)
+        default_name = next(iter(cases))
+
+        def default_fp32(pipe=fp32):
+            return pipe(batch_size=batch_size, generator=[torch.Generator().manual_seed(i) for i in range(batch_size)])
+
+        cases[f"{kind}: default in float32"] = default_fp32
+        times = {name: t / batch_size for name, t in medians(interleaved(cases, repeats=repeats, warmup=0)).items()}
+        ours = times.pop(default_name)
+        bf16 = default_dtype("cpu") == torch.bfloat16
+        for name, seconds in times.items():
+            ratio = ours / seconds
+            if "first release" in name:
+                goal, verdict = "<= 0.25x time", met(ratio <= 0.25, f"{1 / ratio:.1f}x faster, 4x asked")
+            else:  # bf16's share, and diffusers at its own default: reported
+                goal, verdict = "(report)", "n/a"
+            rows.append(
+                Row(
+                    section="defaults",
+                    what=default_name,
+                    against=name,
+                    ours=f"{ours:.4f} s/image",
+                    reference=f"{seconds:.4f} s/image",
+                    ratio=f"{ratio:.2f}x time",
+                    goal=goal,
+                    met=verdict,
+                    note=f"batch {batch_size}, bf16 native here: {bf16}; quality of each setting: README, Quality",
+                )
+            )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:

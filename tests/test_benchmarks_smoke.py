@@ -172,6 +172,15 @@ def test_latent_vs_pixel():
     assert rows[0].ours.startswith("latent ") and rows[0].reference.startswith("pixel ")
 
 
+def test_defaults_rows():
+    from bench_defaults import bench_defaults_rows
+
+    rows = bench_defaults_rows(batch_size=1, repeats=1, diffusers_steps=2)
+    check_rows(rows, "defaults", 5)  # latent: first release, float32; pixel: the same and diffusers' DDPMPipeline
+    assert sum(row.goal == "<= 0.25x time" for row in rows) == 2
+    assert all(0 < _number_of(row) < float("inf") for row in rows)
+
+
 @pytest.mark.slow
 def test_previews_overhead():
     rows = bench_previews_overhead(batch_size=1, steps=2, repeats=1)
