@@ -684,7 +684,10 @@ def build_demo(default_model: str | None = None, settings: limits.AppSettings | 
                             fwd_xt = _image("x_t ~ q(x_t | x_0)", "forward_xt")
                             fwd_latents = _image("Noisy latent channels z_t (latent model)", height=None)
                         fwd_plot = gr.Image(
-                            label="Signal-to-noise ratio of the schedule", type="numpy", format="png", interactive=False
+                            label="Signal-to-noise ratio of the schedule",
+                            type="numpy",
+                            format="png",
+                            interactive=False,
                         )
                         fwd_info = gr.Markdown()
             with gr.Tab("Likelihood", id="likelihood"):
