@@ -317,7 +317,8 @@ class DDPMBasePipeline(DiffusionPipeline):
         self._interrupt = False
         device = self._execution_device
         # the latents, the noise and the scheduler's arithmetic in float32 (or the UNet's dtype if wider)
-        sample_dtype = torch.promote_types(self.unet.dtype, torch.float32)
+        unet_dtype = self.unet.dtype  # read once: `ModelMixin.dtype` walks the parameters
+        sample_dtype = torch.promote_types(unet_dtype, torch.float32)
 
         # 1. x_T ~ N(0, I) (Ho (1)), drawn on the generator's device (CPU generators give the same images on any
         #    device); one generator per sample gives per-sample reproducibility
@@ -338,7 +339,7 @@ class DDPMBasePipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     break
-                model_input = scheduler.scale_model_input(latents, t).to(self.unet.dtype)
+                model_input = scheduler.scale_model_input(latents, t).to(unet_dtype)
                 model_output = self.unet(model_input, t).sample.to(sample_dtype)
                 output = scheduler.step(model_output, t, latents, **extra_step_kwargs)
                 pred_original_sample = getattr(output, "pred_original_sample", None)
