@@ -227,8 +227,8 @@ def sample(
     Yields tuples (x_t grid, x0_hat grid, final grid, trajectory strip, PNG path, status HTML), one per item of the
     pipeline's `iter_previews` (`ceil(steps / preview_every)` of them, 1 with `preview_every=0`), except that at most
     `max_preview_fps` previews a second are sent (the operator's setting; a faster run skips the previews in
-    between); the last one holds the final grid, the trajectory and the download, also after Stop. For a latent model x_t is shown as the channels
-    of z_t and x0_hat as the cheap approximate image of z0_hat (a linear map fitted on the VAE, no decoder call); the
+    between); the last one holds the final grid, the trajectory and the download, also after Stop. For a latent
+    model x_t is shown as the channels of z_t and x0_hat as the cheap approximate image of z0_hat (a linear map fitted on the VAE, no decoder call); the
     VAE decodes the final images only. An x0_hat that did not change is sent as a no-change update (`gr.skip()`,
     `{"__type__": "update"}` for API clients).
     """

@@ -31,7 +31,7 @@ from ddpm_plugin.precision import default_dtype  # noqa: E402
 OLD_DEFAULT_STEPS = {"latent": 50, "pixel": 100}
 
 
-def variants(kind: str, batch_size: int, diffusers_steps: int) -> dict:
+def variants(kind: str, batch_size: int, diffusers_steps: int, default_in_fp32: bool = False) -> dict:
     fp32 = load_default_pipeline(kind)
     auto = load_default_pipeline(kind, torch_dtype=default_dtype("cpu"))
     for pipe in (fp32, auto):
@@ -47,6 +47,8 @@ def variants(kind: str, batch_size: int, diffusers_steps: int) -> dict:
             batch_size=batch_size, generator=generators(), sampler="ddpm", num_inference_steps=OLD_DEFAULT_STEPS[kind]
         ),
     }
+    if default_in_fp32:  # the same default sampler and steps, float32 weights: what bf16 gives
+        out[f"{kind}: default in float32"] = lambda: fp32(batch_size=batch_size, generator=generators())
     if kind == "pixel":
         from diffusers import DDPMPipeline, DDPMScheduler
 
@@ -66,15 +68,8 @@ def bench_defaults_rows(batch_size: int = 4, repeats: int = 3, diffusers_steps: 
     """
     rows = []
     for kind in ("latent", "pixel"):
-        cases = variants(kind, batch_size, diffusers_steps)
-        fp32 = load_default_pipeline(kind)
-        fp32.set_progress_bar_config(disable=True)
+        cases = variants(kind, batch_size, diffusers_steps, default_in_fp32=True)
         default_name = next(iter(cases))
-
-        def default_fp32(pipe=fp32):
-            return pipe(batch_size=batch_size, generator=[torch.Generator().manual_seed(i) for i in range(batch_size)])
-
-        cases[f"{kind}: default in float32"] = default_fp32
         times = {name: t / batch_size for name, t in medians(interleaved(cases, repeats=repeats, warmup=0)).items()}
         ours = times.pop(default_name)
         bf16 = default_dtype("cpu") == torch.bfloat16

@@ -61,7 +61,11 @@ class AppSettings:
     # previews sent to a browser per second and run at most (faster steps skip previews; the last one always comes);
     # 0 sends every preview. Each preview costs the server two PNG grids and a message
     max_preview_fps: float = _setting(
-        10.0, "--max-preview-fps", "DDPM_APP_MAX_PREVIEW_FPS", "previews per second and run at most (0: no limit)"
+        10.0,
+        "--max-preview-fps",
+        "DDPM_APP_MAX_PREVIEW_FPS",
+        "previews per second and run at most (0: no limit)",
+        zero_means="no limit",
     )
 
     def __post_init__(self):
@@ -71,9 +75,11 @@ class AppSettings:
             if choices is not None:
                 if value not in choices:
                     raise ValueError(f"{f.metadata['flag']} must be one of {choices}, got {value!r}.")
-            elif f.name == "max_preview_fps":
+            elif "zero_means" in f.metadata:
                 if not value >= 0:
-                    raise ValueError(f"{f.metadata['flag']} must be 0 (no limit) or positive, got {value!r}.")
+                    raise ValueError(
+                        f"{f.metadata['flag']} must be 0 ({f.metadata['zero_means']}) or positive, got {value!r}."
+                    )
             elif f.name != "model_dirs" and not value > 0:
                 raise ValueError(f"{f.metadata['flag']} must be positive, got {value!r}.")
 
